@@ -1,0 +1,36 @@
+"""apiauth: connect OAuth providers once, hand fresh bearer tokens to builds and functions.
+
+Importing the package loads only the client library (`apiauth.client`), because
+`pip install apiauth` installs just that and httpx; the server lives in subpackages that need
+the `server` extra and are imported explicitly.
+"""
+
+from apiauth.client import (
+    Account,
+    ApiAuthError,
+    BrokerUnavailable,
+    NotConfigured,
+    ProviderSecret,
+    Secrets,
+    Unauthorized,
+    __version__,
+    clear_cache,
+    get_secrets,
+    get_secrets_async,
+    with_secrets,
+)
+
+__all__ = [
+    "Account",
+    "ApiAuthError",
+    "BrokerUnavailable",
+    "NotConfigured",
+    "ProviderSecret",
+    "Secrets",
+    "Unauthorized",
+    "__version__",
+    "clear_cache",
+    "get_secrets",
+    "get_secrets_async",
+    "with_secrets",
+]

@@ -1,0 +1,385 @@
+"""`apiauth …`: thin commands that parse, call a domain service and print.
+
+Operator commands (users, tokens, sites, connect, keys, db) work on the database directly,
+like `manage.py`, so they work on a fresh data dir before any server runs. `secrets` (and
+`run`) are what builds use: they go through the HTTP API with APIAUTH_TOKEN, like functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from apiauth.config import Settings
+from apiauth.domain import connections, key_rotation, members, sites
+from apiauth.domain.broker import Broker, open_broker
+
+app = typer.Typer(
+    name="apiauth",
+    help="Self-hosted API authentication broker: connect OAuth providers once, hand fresh "
+    "bearer tokens to builds and functions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+users_app = typer.Typer(help="Team members who sign in to the dashboard.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Personal access tokens for the REST API.", no_args_is_help=True)
+sites_app = typer.Typer(help="Sites and their API Authentication.", no_args_is_help=True)
+providers_app = typer.Typer(help="The provider catalog.", no_args_is_help=True)
+connections_app = typer.Typer(help="A site's provider connections.", no_args_is_help=True)
+keys_app = typer.Typer(help="Master keys that encrypt tokens at rest.", no_args_is_help=True)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(sites_app, name="sites")
+app.add_typer(providers_app, name="providers")
+app.add_typer(connections_app, name="connections")
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def broker_for_command() -> Iterator[Broker]:
+    broker = open_broker(Settings())
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+def _acting_member(broker: Broker, email: str | None) -> members.MemberView:
+    return members.get_member(broker, email)
+
+
+def _when(value: object) -> str:
+    return "never" if value is None else str(value)
+
+
+MemberOption = Annotated[
+    Optional[str],  # noqa: UP045 - Typer reads the annotation at run time
+    typer.Option("--member", help="Act as this member (default: the team's owner)."),
+]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    demo: Annotated[
+        bool,
+        typer.Option(help="Serve a provider emulator and send every provider to it (offline)."),
+    ] = False,
+) -> None:
+    """Run the dashboard, the API and the refresher in one process."""
+    from apiauth.server.run import run_server
+
+    run_server(Settings(), host=host, port=port, demo=demo)
+
+
+@users_app.command("create")
+def users_create(
+    email: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    role: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="owner or member (default: owner for a team's first member)."),
+    ] = None,
+    team: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Team to join or create (default: the only team)."),
+    ] = None,
+) -> None:
+    """Add a team member. The first member of an empty server owns a new team."""
+    password: str | None = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    with broker_for_command() as broker:
+        member = members.create_member(broker, email, password, role=role, team_name=team)
+    out.print(f"Created {member.role} [bold]{member.email}[/] in team {member.team_name}.")
+    if password is None:
+        out.print("No password was set: this member cannot sign in to the dashboard yet.")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    member: MemberOption = None,
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "cli",
+) -> None:
+    """Create a personal access token for the REST API (printed once)."""
+    with broker_for_command() as broker:
+        who = _acting_member(broker, member)
+        token = members.create_personal_token(broker, who, name)
+    err.print(f"Personal access token for {who.email} (shown once; keep it secret):")
+    out.print(token, soft_wrap=True, highlight=False)
+
+
+@sites_app.command("create")
+def sites_create(
+    name: str,
+    deploy_hook: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--deploy-hook", help="URL to POST when the site's tokens change."),
+    ] = None,
+    webhook: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--webhook", help="URL to receive connection events."),
+    ] = None,
+    member: MemberOption = None,
+) -> None:
+    """Add a site."""
+    with broker_for_command() as broker:
+        view = sites.create_site(
+            broker,
+            _acting_member(broker, member),
+            name,
+            deploy_hook_url=deploy_hook,
+            webhook_url=webhook,
+        )
+    out.print(f"Created site [bold]{view.name}[/]. Next: `apiauth sites enable {view.name}`.")
+
+
+@sites_app.command("list")
+def sites_list(member: MemberOption = None) -> None:
+    """List the team's sites."""
+    with broker_for_command() as broker:
+        views = sites.list_sites(broker, _acting_member(broker, member))
+    table = Table("site", "API auth", "connections", "needs attention", "deploy hook")
+    for view in views:
+        table.add_row(
+            view.name,
+            "on" if view.api_auth_enabled else "off",
+            str(view.connection_count),
+            str(view.needs_attention or ""),
+            view.deploy_hook_url or "",
+        )
+    out.print(table if views else "No sites yet: `apiauth sites create NAME`.")
+
+
+def _print_site_token(token: str) -> None:
+    err.print("Set this in the site's build and function environment (shown once):")
+    out.print(f"{sites.ENV_VAR}={token}", soft_wrap=True, highlight=False)
+
+
+@sites_app.command("enable")
+def sites_enable(name: str, member: MemberOption = None) -> None:
+    """Enable API Authentication; prints APIAUTH_TOKEN once and fires the deploy hook."""
+    with broker_for_command() as broker:
+        token = sites.enable_api_auth(broker, _acting_member(broker, member), name)
+    _print_site_token(token)
+
+
+@sites_app.command("rotate-token")
+def sites_rotate_token(name: str, member: MemberOption = None) -> None:
+    """Issue a new site token; the old one stops working at once."""
+    with broker_for_command() as broker:
+        token = sites.rotate_site_token(broker, _acting_member(broker, member), name)
+    _print_site_token(token)
+
+
+@sites_app.command("disable")
+def sites_disable(name: str, member: MemberOption = None) -> None:
+    """Disable API Authentication and revoke the site's tokens."""
+    with broker_for_command() as broker:
+        sites.disable_api_auth(broker, _acting_member(broker, member), name)
+    out.print(f"API Authentication is off for {name}; its tokens no longer work.")
+
+
+@sites_app.command("delete")
+def sites_delete(
+    name: str,
+    member: MemberOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a site with its connections and tokens."""
+    if not yes:
+        typer.confirm(f"Delete {name} and all its connections?", abort=True)
+    with broker_for_command() as broker:
+        sites.delete_site(broker, _acting_member(broker, member), name)
+    out.print(f"Deleted {name}.")
+
+
+@providers_app.command("list")
+def providers_list() -> None:
+    """List the providers sites can connect, and whether an OAuth app is configured."""
+    with broker_for_command() as broker:
+        table = Table("provider", "name", "default scopes", "OAuth app")
+        for provider in broker.catalog.values():
+            table.add_row(
+                provider.name,
+                provider.display_name,
+                " ".join(provider.default_scopes),
+                "configured" if provider.name in broker.default_apps else "not configured",
+            )
+    out.print(table)
+
+
+@app.command()
+def connect(
+    site: str,
+    provider: str,
+    scope: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--scope", help="A scope to request (repeat; default: the provider's)."),
+    ] = None,
+    member: MemberOption = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait until the browser comes back from the provider.")
+    ] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 600.0,
+) -> None:
+    """Print the URL that connects SITE to PROVIDER, then wait until it is connected."""
+    with broker_for_command() as broker:
+        start = connections.start_connection(
+            broker, _acting_member(broker, member), site, provider, scope
+        )
+        err.print(f"Open this URL in a browser to connect {site} to {provider}:")
+        out.print(start.authorize_url, soft_wrap=True, highlight=False)
+        if not wait:
+            return
+        with err.status("Waiting for the provider's consent…"):
+            deadline = time.monotonic() + timeout
+            while (outcome := connections.authorization_outcome(broker, start.state_id)) is None:
+                if time.monotonic() > deadline:
+                    outcome = "gave up waiting; run the command again"
+                    break
+                time.sleep(0.5)
+        if outcome != connections.CONNECTED:
+            err.print(f"[red]Not connected:[/] {outcome}")
+            raise typer.Exit(1)
+        view = connections.get_connection(broker, _acting_member(broker, member), site, provider)
+    who = view.account_login or view.account_id or "an account"
+    out.print(
+        f"{provider} connected as {who} (scopes: {' '.join(view.granted_scopes) or 'none'})"
+    )
+
+
+@connections_app.command("list")
+def connections_list(site: str, member: MemberOption = None) -> None:
+    """List a site's connections and their state."""
+    with broker_for_command() as broker:
+        views = connections.list_connections(broker, _acting_member(broker, member), site)
+    table = Table("provider", "status", "account", "granted scopes", "expires", "last error")
+    for view in views:
+        table.add_row(
+            view.provider,
+            view.status,
+            view.account_login or view.account_id or "",
+            " ".join(view.granted_scopes),
+            _when(view.expires_at),
+            view.last_error or "",
+        )
+    out.print(table if views else f"{site} has no connections: `apiauth connect {site} PROVIDER`.")
+
+
+@connections_app.command("delete")
+def connections_delete(site: str, provider: str, member: MemberOption = None) -> None:
+    """Disconnect: revoke the token at the provider where it can, then delete it."""
+    with broker_for_command() as broker:
+        revoked = connections.delete_connection(
+            broker, _acting_member(broker, member), site, provider
+        )
+    note = "revoked at the provider" if revoked else "the provider offers no revocation"
+    out.print(f"Disconnected {provider} from {site} ({note}).")
+
+
+@app.command()
+def secrets(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the full answer, tokens included.")
+    ] = False,
+) -> None:
+    """Show the tokens APIAUTH_TOKEN reads (masked unless --json), as a function sees them."""
+    from apiauth.client import get_secrets
+
+    found = get_secrets()
+    if as_json:
+        answer = {name: dataclasses.asdict(secret) for name, secret in found.items()}
+        out.print_json(json.dumps(answer, default=str))
+        return
+    table = Table("provider", "logged in", "account", "granted scopes", "expires", "token")
+    for name, secret in found.items():
+        bearer = secret.bearer_token
+        table.add_row(
+            name,
+            "yes" if secret.is_logged_in else "no",
+            (secret.account.login or secret.account.id or "") if secret.account else "",
+            " ".join(secret.granted_scopes),
+            _when(secret.expires_at),
+            f"{bearer[:4]}…" if bearer else "",
+        )
+    out.print(table if len(found) else "No provider is connected to this site yet.")
+
+
+@keys_app.command("generate")
+def keys_generate() -> None:
+    """Print a new master key (for APIAUTH_MASTER_KEY; put it first to rotate)."""
+    from apiauth.vault import MasterKey
+
+    out.print(MasterKey.generate().to_text(), highlight=False)
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Re-wrap every record under a new master key; old keys stay readable until done."""
+    from apiauth.vault import KeyFile
+
+    settings = Settings()
+    key_file = None if settings.master_key else KeyFile(settings.key_file)
+    if key_file is not None:
+        ring = key_file.load_or_create()
+        if len(ring.keys) == 1:
+            new_key = key_file.add_new_key()
+            err.print(f"Added master key {new_key.id} to {key_file.path}.")
+        else:
+            err.print(f"Finishing an interrupted rotation to key {ring.active.id}.")
+    with broker_for_command() as broker:
+        active = broker.vault.keyring.active.id
+        total = key_rotation.count_encrypted_records(broker)
+        with Progress(console=err) as progress:
+            task = progress.add_task("Re-wrapping records", total=total)
+            result = key_rotation.rewrap_all(
+                broker, lambda n: progress.advance(task, n)
+            )
+        left = {k: n for k, n in key_rotation.records_by_key(broker).items() if k != active}
+    if left:
+        err.print(f"[red]Records still under old keys:[/] {left}; run the command again.")
+        raise typer.Exit(1)
+    if key_file is not None:
+        key_file.keep_only(active)
+        out.print(f"Rotated {result.rewrapped} records to key {active}; old keys removed.")
+    elif result.rewrapped == 0:
+        out.print(
+            f"Every record is under key {active} already. To rotate, put a new key "
+            "(`apiauth keys generate`) first in APIAUTH_MASTER_KEY and run this again."
+        )
+    else:
+        out.print(
+            f"Rotated {result.rewrapped} records to key {active}. The older keys in "
+            "APIAUTH_MASTER_KEY can now be removed."
+        )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database to the newest schema."""
+    settings = Settings()
+    with broker_for_command():
+        pass
+    out.print(f"Database is up to date ({settings.resolved_database_url.split('@')[-1]}).")

@@ -1,0 +1,465 @@
+"""Client library: fetch fresh provider tokens from an apiauth broker.
+
+This is all that `pip install apiauth` needs at run time, so it imports only the standard
+library and httpx -- never the server subpackages (FastAPI, SQLAlchemy, ...), which would make
+a serverless function bundle heavy. A test guards that.
+
+    secrets = get_secrets()             # APIAUTH_TOKEN, APIAUTH_URL
+    if secrets.github and secrets.github.is_logged_in:
+        headers = {"Authorization": f"Bearer {secrets.github.bearer_token}"}
+
+Answers are cached in-process, per (broker URL, token), so a warm function instance does not
+call the broker on every invocation. An entry lives until the earliest `expires_at` among the
+returned providers minus `EXPIRY_MARGIN`, and never longer than `DEFAULT_CACHE_TTL`: the broker
+refreshes tokens itself, and the cap bounds how long a disconnect or re-authorization in the
+dashboard takes to reach a warm instance.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NoReturn, TypeVar, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+__version__ = "0.1.0"
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+"""Broker URL used when neither `url=` nor `APIAUTH_URL` is given (`apiauth serve`'s default)."""
+
+SECRETS_PATH = "/api/v1/secrets"
+DEFAULT_TIMEOUT = 10.0
+"""Seconds for the whole HTTP call to the broker."""
+
+EXPIRY_MARGIN = 60.0
+"""Seconds before a provider's `expires_at` at which a cached answer is considered stale."""
+
+DEFAULT_CACHE_TTL = 300.0
+"""Seconds an answer is cached when no provider expires sooner (5 minutes)."""
+
+MAX_CACHE_ENTRIES = 256
+"""Distinct (url, token) pairs kept; the ones expiring first are dropped beyond this."""
+
+TOKEN_PREFIXES = ("apiauth_site_", "apiauth_fn_")
+
+_R = TypeVar("_R")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ApiAuthError(Exception):
+    """Base of every error raised by the apiauth client. Never contains the token."""
+
+    def __init__(
+        self, message: str, *, url: str | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status_code = status_code
+
+
+class NotConfigured(ApiAuthError):  # noqa: N818 (public names from the spec)
+    """No token: `APIAUTH_TOKEN` is unset and none was passed."""
+
+
+class Unauthorized(ApiAuthError):  # noqa: N818 (public names from the spec)
+    """The broker rejected the token (HTTP 401/403): revoked, rotated or expired."""
+
+
+class BrokerUnavailable(ApiAuthError):  # noqa: N818 (public names from the spec)
+    """The broker could not be reached or gave an unusable answer."""
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _mask(token: str | None) -> str | None:
+    """At most 4 leading characters, and fewer for short strings."""
+    if token is None:
+        return None
+    return token[: min(4, len(token) // 4)] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """The provider account the token acts as."""
+
+    id: str | None
+    login: str | None
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ProviderSecret:
+    """One connected provider. Always truthy; check `is_logged_in` before using the token."""
+
+    provider: str
+    bearer_token: str | None
+    token_type: str
+    granted_scopes: tuple[str, ...]
+    is_logged_in: bool
+    expires_at: datetime | None
+    account: Account | None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Neither the token nor `extra`'s values (which may hold provider data) are shown.
+        return (
+            f"ProviderSecret(provider={self.provider!r}, bearer_token={_mask(self.bearer_token)!r}"
+            f", token_type={self.token_type!r}, granted_scopes={self.granted_scopes!r}"
+            f", is_logged_in={self.is_logged_in!r}, expires_at={self.expires_at!r}"
+            f", account={self.account!r}, extra_keys={sorted(self.extra)!r})"
+        )
+
+
+class Secrets(Mapping[str, ProviderSecret]):
+    """The providers connected for a token, by name.
+
+    `secrets.github` is the `ProviderSecret` or None when github is not connected;
+    `secrets["github"]` raises KeyError instead.
+    """
+
+    __slots__ = ("_providers",)
+    _providers: Mapping[str, ProviderSecret]
+
+    def __init__(self, providers: Mapping[str, ProviderSecret] | None = None) -> None:
+        object.__setattr__(self, "_providers", dict(providers or {}))
+
+    def __getitem__(self, name: str) -> ProviderSecret:
+        try:
+            return self._providers[name]
+        except KeyError:
+            connected = ", ".join(sorted(self._providers)) or "none"
+            raise KeyError(
+                f"provider {name!r} is not connected for this token (connected: {connected}); "
+                "connect it in the apiauth dashboard and give this site access to it"
+            ) from None
+
+    def __getattr__(self, name: str) -> ProviderSecret | None:
+        # Only called for names not found normally. Private and dunder names must raise so
+        # that copy, pickle and friends probing for hooks behave.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._providers.get(name)
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("Secrets is read-only")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._providers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._providers)
+
+    def __len__(self) -> int:
+        return len(self._providers)
+
+    def __reduce__(self) -> tuple[type[Secrets], tuple[dict[str, ProviderSecret]]]:
+        return (Secrets, (dict(self._providers),))
+
+    def __repr__(self) -> str:
+        return f"Secrets({list(self._providers.values())!r})"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+class _BadAnswerError(ValueError):
+    """The JSON does not have the documented shape."""
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # numeric account ids
+    raise _BadAnswerError(f"{what} is not a string")
+
+
+def _parse_expires_at(value: object, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _BadAnswerError(f"{what}.expires_at is not a string")
+    try:
+        parsed = datetime.fromisoformat(value)  # 3.11+: accepts a trailing "Z"
+    except ValueError:
+        raise _BadAnswerError(f"{what}.expires_at is not an ISO-8601 date-time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _parse_provider(name: str, data: Mapping[str, Any]) -> ProviderSecret:
+    what = f"provider {name!r}"
+    scopes: object = data.get("granted_scopes") or ()
+    if isinstance(scopes, str):
+        scopes = scopes.split()
+    if not isinstance(scopes, list | tuple) or not all(isinstance(s, str) for s in scopes):
+        raise _BadAnswerError(f"{what}.granted_scopes is not a list of strings")
+    account_data = data.get("account")
+    account = None
+    if isinstance(account_data, Mapping):
+        account = Account(
+            id=_opt_str(account_data.get("id"), f"{what}.account.id"),
+            login=_opt_str(account_data.get("login"), f"{what}.account.login"),
+        )
+    extra = data.get("extra")
+    token = _opt_str(data.get("bearer_token"), f"{what}.bearer_token")
+    return ProviderSecret(
+        provider=_opt_str(data.get("provider"), f"{what}.provider") or name,
+        bearer_token=token,
+        token_type=_opt_str(data.get("token_type"), f"{what}.token_type") or "bearer",
+        granted_scopes=tuple(cast("list[str] | tuple[str, ...]", scopes)),
+        is_logged_in=bool(data.get("is_logged_in", token is not None)),
+        expires_at=_parse_expires_at(data.get("expires_at"), what),
+        account=account,
+        extra=dict(extra) if isinstance(extra, Mapping) else {},
+    )
+
+
+def _parse_secrets(payload: object) -> Secrets:
+    if not isinstance(payload, Mapping):
+        raise _BadAnswerError("the answer is not a JSON object")
+    providers: dict[str, ProviderSecret] = {}
+    for name, data in payload.items():
+        # Values that are not objects are reserved for future metadata: skip them.
+        if isinstance(name, str) and isinstance(data, Mapping):
+            providers[name] = _parse_provider(name, data)
+    return Secrets(providers)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    url: str
+    token: str = field(repr=False)
+
+    @property
+    def display_url(self) -> str:
+        """The broker URL without any user:password part."""
+        parts = urlsplit(self.url)
+        if "@" not in parts.netloc:
+            return self.url
+        return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+    @property
+    def token_kind(self) -> str:
+        for prefix in TOKEN_PREFIXES:
+            if self.token.startswith(prefix):
+                return f"token {prefix}…"
+        return "token"
+
+    @property
+    def cache_key(self) -> tuple[str, str]:
+        # Keep only a digest of the token in the long-lived cache.
+        return (self.url, hashlib.sha256(self.token.encode()).hexdigest())
+
+
+def _resolve(event: object, token: str | None, url: str | None) -> _Target:
+    if token is None and isinstance(event, Mapping):
+        event_token = event.get("apiauth_token")
+        if isinstance(event_token, str) and event_token.strip():
+            token = event_token
+    if token is None:
+        token = os.environ.get("APIAUTH_TOKEN")
+    token = (token or "").strip()
+    if not token:
+        raise NotConfigured(
+            "APIAUTH_TOKEN is not set. Set it to a site or function token "
+            "(`apiauth sites enable SITE` prints one), pass token=..., "
+            "or start the command with `apiauth run -- CMD`, which sets it for you."
+        )
+    base = (url or os.environ.get("APIAUTH_URL") or DEFAULT_URL).strip().rstrip("/")
+    return _Target(url=base, token=token)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _clock() -> float:
+    """Wall-clock seconds; `expires_at` values are wall-clock too."""
+    return time.time()
+
+
+_cache: dict[tuple[str, str], tuple[float, Secrets]] = {}
+_cache_lock = threading.Lock()
+
+
+def _cache_get(key: tuple[str, str]) -> Secrets | None:
+    with _cache_lock:
+        entry = _cache.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= _clock():
+            del _cache[key]
+            return None
+        return entry[1]
+
+
+def _cache_put(key: tuple[str, str], secrets: Secrets) -> None:
+    now = _clock()
+    deadline = now + DEFAULT_CACHE_TTL
+    for provider in secrets.values():
+        if provider.expires_at is not None:
+            deadline = min(deadline, provider.expires_at.timestamp() - EXPIRY_MARGIN)
+    with _cache_lock:
+        if deadline <= now:
+            _cache.pop(key, None)  # a token expires within the margin: fetch again next time
+            return
+        _cache[key] = (deadline, secrets)
+        if len(_cache) > MAX_CACHE_ENTRIES:
+            for stale in sorted(_cache, key=lambda k: _cache[k][0])[: len(_cache) // 4]:
+                del _cache[stale]
+
+
+def clear_cache() -> None:
+    """Forget every cached answer, so the next call asks the broker."""
+    with _cache_lock:
+        _cache.clear()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def _headers(target: _Target) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {target.token}",
+        "Accept": "application/json",
+        "User-Agent": f"apiauth-python/{__version__}",
+    }
+
+
+def _unavailable(target: _Target, problem: str, status: int | None = None) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"apiauth broker at {target.display_url} is unavailable: {problem}. "
+        "Check that APIAUTH_URL points at the broker and that `apiauth serve` is running.",
+        url=target.display_url,
+        status_code=status,
+    )
+
+
+def _transport_error(target: _Target, exc: Exception) -> BrokerUnavailable:
+    if isinstance(exc, httpx.TimeoutException):
+        problem = f"no answer within {DEFAULT_TIMEOUT:g} s"
+    elif isinstance(exc, httpx.ConnectError):
+        problem = "could not connect"
+    else:
+        problem = type(exc).__name__
+    return _unavailable(target, problem)
+
+
+def _handle(target: _Target, response: httpx.Response) -> Secrets:
+    status = response.status_code
+    if status in (401, 403):
+        raise Unauthorized(
+            f"apiauth broker at {target.display_url} rejected the {target.token_kind} "
+            f"(HTTP {status}): it was revoked, rotated or has expired. Get a fresh one "
+            "(e.g. `apiauth sites enable SITE`) and update APIAUTH_TOKEN.",
+            url=target.display_url,
+            status_code=status,
+        )
+    if 300 <= status < 400 and "location" in response.headers:
+        raise _unavailable(
+            target,
+            f"HTTP {status} redirect to {response.headers['location']}; "
+            "set APIAUTH_URL to the final address",
+            status,
+        )
+    if status != 200:
+        raise _unavailable(target, f"unexpected HTTP status {status}", status)
+    try:
+        return _parse_secrets(response.json())
+    except _BadAnswerError as exc:
+        raise _unavailable(target, f"unexpected answer ({exc})", status) from None
+    except ValueError:  # json.JSONDecodeError, UnicodeDecodeError
+        raise _unavailable(target, "the answer is not JSON", status) from None
+
+
+def _fetch(target: _Target) -> Secrets:
+    try:
+        with httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
+            response = http.get(target.url + SECRETS_PATH, headers=_headers(target))
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _transport_error(target, exc) from exc
+    return _handle(target, response)
+
+
+async def _fetch_async(target: _Target) -> Secrets:
+    try:
+        async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as http:
+            response = await http.get(target.url + SECRETS_PATH, headers=_headers(target))
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _transport_error(target, exc) from exc
+    return _handle(target, response)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def get_secrets(
+    event: object = None, /, *, token: str | None = None, url: str | None = None
+) -> Secrets:
+    """The providers connected for the token, with fresh bearer tokens.
+
+    The token is `token=`, else `event["apiauth_token"]` when `event` is a mapping that has it
+    (parity with Netlify's `getSecrets(event)`), else `APIAUTH_TOKEN`. The broker is `url=`,
+    else `APIAUTH_URL`, else `DEFAULT_URL`. Answers are cached; see the module docstring.
+    """
+    target = _resolve(event, token, url)
+    cached = _cache_get(target.cache_key)
+    if cached is not None:
+        return cached
+    secrets = _fetch(target)
+    _cache_put(target.cache_key, secrets)
+    return secrets
+
+
+async def get_secrets_async(
+    event: object = None, /, *, token: str | None = None, url: str | None = None
+) -> Secrets:
+    """`get_secrets` for async code; shares its cache."""
+    target = _resolve(event, token, url)
+    cached = _cache_get(target.cache_key)
+    if cached is not None:
+        return cached
+    secrets = await _fetch_async(target)
+    _cache_put(target.cache_key, secrets)
+    return secrets
+
+
+def with_secrets(func: Callable[..., _R]) -> Callable[..., _R]:
+    """Decorate a sync or async handler to receive `secrets=` (a `Secrets`) as a keyword.
+
+    The handler's first positional argument, if any, is passed to `get_secrets` as the event.
+    A caller that passes `secrets=` itself (e.g. a test) skips the fetch.
+    """
+    if inspect.iscoroutinefunction(func):
+        async_func = cast("Callable[..., Awaitable[Any]]", func)
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            if "secrets" not in kwargs:
+                kwargs["secrets"] = await get_secrets_async(args[0] if args else None)
+            return await async_func(*args, **kwargs)
+
+        return cast("Callable[..., _R]", async_wrapper)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> _R:
+        if "secrets" not in kwargs:
+            kwargs["secrets"] = get_secrets(args[0] if args else None)
+        return func(*args, **kwargs)
+
+    return wrapper

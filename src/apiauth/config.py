@@ -1,0 +1,90 @@
+"""Server settings, read once from `APIAUTH_*` environment variables.
+
+This is the one place a server setting is named. The client library (`apiauth.client`) reads
+its own two variables, `APIAUTH_TOKEN` and `APIAUTH_URL`, without importing this module, so
+that `pip install apiauth` stays free of pydantic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+
+
+class Settings(BaseSettings):
+    """Every `APIAUTH_*` setting of the server, with its default."""
+
+    model_config = SettingsConfigDict(env_prefix="APIAUTH_", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".apiauth"),
+        description="Directory for the SQLite database and the master key file.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the database, e.g. "
+        "`postgresql+psycopg://postgres@127.0.0.1:5432/apiauth`. "
+        "Default: SQLite file `apiauth.db` in the data dir.",
+    )
+    public_url: str = Field(
+        default=DEFAULT_PUBLIC_URL,
+        description="Base URL users and providers reach the server at; "
+        "the OAuth redirect URI is `<public_url>/oauth/callback`.",
+    )
+    master_key: str | None = Field(
+        default=None,
+        description="Key-encryption key(s), base64url, comma-separated, newest first. "
+        "Default: the key file `master.key` in the data dir, created with mode 0600.",
+    )
+    providers_file: Path | None = Field(
+        default=None,
+        description="TOML file of custom providers, in the format of the built-in catalog.",
+    )
+    emulator_url: str | None = Field(
+        default=None,
+        description="Base URL of a provider emulator to send every provider's OAuth and API "
+        "calls to. `serve --demo` sets it to its own `/_emulator`.",
+    )
+    emulator_token_ttl: int | None = Field(
+        default=None,
+        ge=1,
+        description="Lifetime in seconds of the access tokens the emulator issues for "
+        "providers whose tokens expire (default: the provider's own, e.g. 3600).",
+    )
+    refresh_margin_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="A token that expires within this many seconds is refreshed before "
+        "it is handed out.",
+    )
+    http_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Timeout of each call apiauth makes to a provider.",
+    )
+    log_level: str = Field(default="INFO", description="Python logging level of the server.")
+
+    @property
+    def redirect_uri(self) -> str:
+        return self.public_url.rstrip("/") + "/oauth/callback"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'apiauth.db').resolve()}"
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "master.key"
+
+
+def oauth_app_from_env(provider: str) -> tuple[str | None, str | None]:
+    """`APIAUTH_<PROVIDER>_CLIENT_ID` / `_CLIENT_SECRET`; dashes in names become underscores."""
+    stem = "APIAUTH_" + provider.upper().replace("-", "_")
+    return os.environ.get(stem + "_CLIENT_ID"), os.environ.get(stem + "_CLIENT_SECRET")

@@ -1,0 +1,110 @@
+"""The running broker: the settings and the long-lived parts every service needs.
+
+One `Broker` is opened per process (server or CLI command) and handed to the domain
+functions; it holds no per-request state, so any number of replicas can share a database.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from threading import Lock
+
+import httpx
+from sqlalchemy import Engine, delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from apiauth.config import Settings, oauth_app_from_env
+from apiauth.emulator import demo_client
+from apiauth.oauth.protocol import ClientCredentials
+from apiauth.providers import Catalog, load_catalog
+from apiauth.store.db import create_db_engine, session_factory, upgrade_database
+from apiauth.store.models import ServerState, utcnow
+from apiauth.vault import Vault, load_keyring
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    vault: Vault
+    catalog: Catalog
+    http: httpx.Client
+    default_apps: Mapping[str, ClientCredentials]
+    clock: Callable[[], datetime] = utcnow
+    refresh_locks: dict[str, Lock] = field(default_factory=dict)
+    refresh_locks_guard: Lock = field(default_factory=Lock)
+
+    def close(self) -> None:
+        self.http.close()
+        self.engine.dispose()
+
+
+EMULATOR_URL_KEY = "emulator_url"
+
+
+def emulator_url_for(settings: Settings, engine: Engine, *, demo: bool | None) -> str | None:
+    """Where providers are emulated, if anywhere.
+
+    `serve --demo` sends every provider to the emulator it mounts at /_emulator and records
+    that in the database, so that CLI commands run beside it (`apiauth connect`) build the
+    same URLs; `serve` without `--demo` clears the record. `demo=None` (the CLI) reads it.
+    """
+    if settings.emulator_url:
+        return settings.emulator_url.rstrip("/")
+    with Session(engine) as db, db.begin():
+        if demo is None:
+            state = db.get(ServerState, EMULATOR_URL_KEY)
+            return state.value if state else None
+        db.execute(delete(ServerState).where(ServerState.key == EMULATOR_URL_KEY))
+        if not demo:
+            return None
+        url = settings.public_url.rstrip("/") + "/_emulator"
+        db.add(ServerState(key=EMULATOR_URL_KEY, value=url))
+        return url
+
+
+def default_oauth_apps(catalog: Catalog, *, emulated: bool) -> dict[str, ClientCredentials]:
+    """OAuth apps not stored per team: environment first, then the providers file, then (only
+    when the providers are emulated) the emulator's demo credentials."""
+    apps: dict[str, ClientCredentials] = {}
+    for name, provider in catalog.items():
+        env_id, env_secret = oauth_app_from_env(name)
+        client_id = env_id or provider.client_id
+        client_secret = env_secret or provider.client_secret
+        if client_id is None and emulated:
+            client_id, client_secret = demo_client(name)
+        if client_id is not None:
+            apps[name] = ClientCredentials(client_id, client_secret)
+    return apps
+
+
+def open_broker(settings: Settings, *, demo: bool | None = None) -> Broker:
+    """Open storage (migrating it), the vault and the catalog. `demo`: True or False for
+    `serve`, None for other commands, which follow what the server recorded."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(settings.resolved_database_url)
+    upgrade_database(engine)
+    emulator_url = emulator_url_for(settings, engine, demo=demo)
+    catalog = load_catalog(settings.providers_file, emulator_url=emulator_url)
+    vault = Vault(load_keyring(settings.master_key, settings.key_file))
+    http = httpx.Client(
+        timeout=settings.http_timeout_seconds,
+        follow_redirects=False,
+        headers={"User-Agent": "apiauth/0.1"},
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+    )
+    return Broker(
+        settings=settings,
+        engine=engine,
+        sessions=session_factory(engine),
+        vault=vault,
+        catalog=catalog,
+        http=http,
+        default_apps=default_oauth_apps(catalog, emulated=emulator_url is not None),
+    )

@@ -1,0 +1,572 @@
+"""Connections: start and finish a provider's OAuth flow for a site, list, delete, and read
+the site's tokens (refreshing one inside the margin first)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from apiauth.domain import audit, deploy_hooks
+from apiauth.domain.broker import Broker
+from apiauth.domain.members import MemberView
+from apiauth.domain.sites import SiteCaller, find_site
+from apiauth.domain.token_format import hash_token
+from apiauth.errors import (
+    InvalidGrant,
+    InvalidInput,
+    NotFound,
+    OAuthFlowError,
+    ProviderError,
+    ProviderNotConfigured,
+)
+from apiauth.oauth import protocol
+from apiauth.oauth.protocol import ClientCredentials
+from apiauth.oauth.token_set import TokenSet
+from apiauth.providers import Provider
+from apiauth.store.db import is_sqlite, transaction
+from apiauth.store.models import AuthState, Connection, OAuthApp, Site, new_id
+from apiauth.vault import record_aad
+
+log = logging.getLogger(__name__)
+
+STATE_TTL = timedelta(minutes=10)
+MAX_SCOPES = 100
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,200}$")
+
+CONNECTED = "connected"
+REFRESHING = "refreshing"
+NEEDS_REAUTH = "needs_reauth"
+
+
+@dataclass(frozen=True)
+class ConnectionView:
+    provider: str
+    status: str
+    requested_scopes: tuple[str, ...]
+    granted_scopes: tuple[str, ...]
+    account_id: str | None
+    account_login: str | None
+    expires_at: datetime | None
+    last_refreshed_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, repr=False)
+class SecretView:
+    provider: str
+    bearer_token: str | None
+    token_type: str
+    granted_scopes: tuple[str, ...]
+    is_logged_in: bool
+    expires_at: datetime | None
+    account_id: str | None
+    account_login: str | None
+    extra: dict[str, str]
+
+    def __repr__(self) -> str:
+        return f"SecretView(provider={self.provider!r}, is_logged_in={self.is_logged_in})"
+
+    def to_json(self) -> dict[str, Any]:
+        """Exactly the shape of SPEC §2 `GET /api/v1/secrets`."""
+        return {
+            "provider": self.provider,
+            "bearer_token": self.bearer_token,
+            "token_type": self.token_type,
+            "granted_scopes": list(self.granted_scopes),
+            "is_logged_in": self.is_logged_in,
+            "expires_at": self.expires_at.isoformat().replace("+00:00", "Z")
+            if self.expires_at
+            else None,
+            "account": {"id": self.account_id, "login": self.account_login},
+            "extra": self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class AuthorizationStart:
+    authorize_url: str
+    state_id: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class CompletedAuthorization:
+    site_name: str
+    connection: ConnectionView
+    return_to: str | None
+
+
+def _view(connection: Connection) -> ConnectionView:
+    return ConnectionView(
+        provider=connection.provider,
+        status=connection.status,
+        requested_scopes=tuple(connection.requested_scopes),
+        granted_scopes=tuple(connection.granted_scopes),
+        account_id=connection.account_id,
+        account_login=connection.account_login,
+        expires_at=connection.expires_at,
+        last_refreshed_at=connection.last_refreshed_at,
+        last_error=connection.last_error,
+        created_at=connection.created_at,
+        updated_at=connection.updated_at,
+    )
+
+
+def _token_aad(connection_id: str) -> bytes:
+    return record_aad("connections", connection_id, "token_enc")
+
+
+def provider_named(broker: Broker, name: str) -> Provider:
+    try:
+        return broker.catalog[name]
+    except KeyError:
+        raise NotFound(
+            f"no provider named {name!r}; known: {', '.join(broker.catalog.names())}"
+        ) from None
+
+
+def client_for(broker: Broker, team_id: str, provider: str) -> ClientCredentials:
+    """The team's own OAuth app for the provider, else the server-wide one."""
+    with broker.sessions() as db:
+        app = db.scalar(
+            select(OAuthApp).where(OAuthApp.team_id == team_id, OAuthApp.provider == provider)
+        )
+        if app is not None:
+            secret = (
+                broker.vault.open_text(
+                    app.client_secret_enc, record_aad("oauth_apps", app.id, "client_secret_enc")
+                )
+                if app.client_secret_enc
+                else None
+            )
+            return ClientCredentials(app.client_id, secret)
+    default = broker.default_apps.get(provider)
+    if default is None:
+        stem = "APIAUTH_" + provider.upper().replace("-", "_")
+        raise ProviderNotConfigured(
+            f"no OAuth app is configured for {provider}: set {stem}_CLIENT_ID and "
+            f"{stem}_CLIENT_SECRET (or run `apiauth serve --demo` to use the emulator)"
+        )
+    return default
+
+
+def validate_scopes(provider: Provider, scopes: Sequence[str] | None) -> tuple[str, ...]:
+    if scopes is None:
+        return provider.default_scopes
+    if len(scopes) > MAX_SCOPES:
+        raise InvalidInput(f"at most {MAX_SCOPES} scopes may be requested")
+    chosen: list[str] = []
+    for scope in scopes:
+        if not _SCOPE_TOKEN.match(scope):
+            raise InvalidInput(f"{scope[:50]!r} is not a valid OAuth scope name")
+        if scope not in chosen:
+            chosen.append(scope)
+    return tuple(chosen)
+
+
+def start_connection(
+    broker: Broker,
+    member: MemberView,
+    site_name: str,
+    provider_name: str,
+    scopes: Sequence[str] | None = None,
+    *,
+    return_to: str | None = None,
+) -> AuthorizationStart:
+    """Begin the authorization-code flow: a single-use `state` bound to the site, the
+    provider and the member, and a PKCE verifier where the provider supports it."""
+    provider = provider_named(broker, provider_name)
+    chosen = validate_scopes(provider, scopes)
+    client = client_for(broker, member.team_id, provider.name)
+    state = secrets.token_urlsafe(32)
+    verifier = secrets.token_urlsafe(48) if provider.pkce else None
+    now = broker.clock()
+    with transaction(broker.sessions) as db:
+        site = find_site(db, member.team_id, site_name)
+        state_id = new_id("st")
+        db.add(
+            AuthState(
+                id=state_id,
+                state_hash=hash_token(state),
+                site_id=site.id,
+                provider=provider.name,
+                scopes=list(chosen),
+                pkce_verifier_enc=broker.vault.seal_text(
+                    verifier, record_aad("auth_states", state_id, "pkce_verifier_enc")
+                )
+                if verifier
+                else None,
+                member_id=member.id,
+                return_to=return_to,
+                expires_at=now + STATE_TTL,
+            )
+        )
+    url = protocol.authorization_url(
+        provider,
+        client,
+        redirect_uri=broker.settings.redirect_uri,
+        scopes=chosen,
+        state=state,
+        code_verifier=verifier,
+    )
+    return AuthorizationStart(url, state_id, now + STATE_TTL)
+
+
+def _claim_state(broker: Broker, state: str) -> AuthState:
+    """Mark the state used, exactly once, whatever happens next."""
+    now = broker.clock()
+    with transaction(broker.sessions) as db:
+        row = db.scalar(select(AuthState).where(AuthState.state_hash == hash_token(state)))
+        if row is None:
+            raise OAuthFlowError(
+                "this authorization link is not known here: start the connection again"
+            )
+        if row.used_at is not None:
+            raise OAuthFlowError(
+                "this authorization link was used already: start the connection again"
+            )
+        if row.expires_at <= now:
+            raise OAuthFlowError(
+                "this authorization link expired (they last 10 minutes): start the connection again"
+            )
+        claimed = db.execute(
+            update(AuthState)
+            .where(AuthState.id == row.id, AuthState.used_at.is_(None))
+            .values(used_at=now)
+        )
+        if getattr(claimed, "rowcount", 1) != 1:
+            raise OAuthFlowError(
+                "this authorization link was used already: start the connection again"
+            )
+        return row
+
+
+def _record_outcome(broker: Broker, state_id: str, outcome: str) -> None:
+    with transaction(broker.sessions) as db:
+        db.execute(update(AuthState).where(AuthState.id == state_id).values(outcome=outcome))
+
+
+def complete_authorization(
+    broker: Broker,
+    *,
+    state: str | None,
+    code: str | None,
+    error: str | None = None,
+    error_description: str | None = None,
+) -> CompletedAuthorization:
+    """The provider sent the user back: check the state, exchange the code, name the account
+    and store the connection. On any failure nothing is stored."""
+    if not state:
+        raise OAuthFlowError("the provider sent the user back without a state parameter")
+    auth_state = _claim_state(broker, state)
+    provider = provider_named(broker, auth_state.provider)
+    try:
+        if error:
+            detail = f": {error_description[:200]}" if error_description else ""
+            if error == "access_denied":
+                raise OAuthFlowError(f"access to {provider.display_name} was denied{detail}")
+            raise OAuthFlowError(f"{provider.display_name} reported {error[:100]}{detail}")
+        if not code:
+            raise OAuthFlowError(f"{provider.display_name} sent the user back without a code")
+        with broker.sessions() as db:
+            site = db.get(Site, auth_state.site_id)
+            if site is None:
+                raise NotFound("the site of this authorization was deleted")
+            site_name, team_id, hook = site.name, site.team_id, site.deploy_hook_url
+        verifier = (
+            broker.vault.open_text(
+                auth_state.pkce_verifier_enc,
+                record_aad("auth_states", auth_state.id, "pkce_verifier_enc"),
+            )
+            if auth_state.pkce_verifier_enc
+            else None
+        )
+        client = client_for(broker, team_id, provider.name)
+        token = protocol.exchange_code(
+            broker.http,
+            provider,
+            client,
+            code=code,
+            redirect_uri=broker.settings.redirect_uri,
+            code_verifier=verifier,
+            requested_scopes=auth_state.scopes,
+            now=broker.clock(),
+        )
+        account_id, account_login = protocol.fetch_account(broker.http, provider, token)
+        view = _store_new_token(
+            broker, auth_state, token, account_id, account_login
+        )
+    except (OAuthFlowError, ProviderError, NotFound) as exc:
+        _record_outcome(broker, auth_state.id, exc.message)
+        if isinstance(exc, ProviderError):
+            raise OAuthFlowError(exc.message) from exc
+        raise
+    _record_outcome(broker, auth_state.id, CONNECTED)
+    deploy_hooks.fire(broker, hook, site_name=site_name, reason="connection.created")
+    return CompletedAuthorization(site_name, view, auth_state.return_to)
+
+
+def _store_new_token(
+    broker: Broker,
+    auth_state: AuthState,
+    token: TokenSet,
+    account_id: str | None,
+    account_login: str | None,
+) -> ConnectionView:
+    """Insert the connection or, for a re-run flow (new scopes, reconnect), replace its token
+    in place: the old token serves until this commit."""
+    now = broker.clock()
+    with transaction(broker.sessions) as db:
+        connection = _lock_connection(
+            db,
+            select(Connection).where(
+                Connection.site_id == auth_state.site_id,
+                Connection.provider == auth_state.provider,
+            ),
+        )
+        created = connection is None
+        if connection is None:
+            connection = Connection(
+                id=new_id("con"),
+                site_id=auth_state.site_id,
+                provider=auth_state.provider,
+                version=0,
+                created_at=now,
+            )
+            db.add(connection)
+        connection.status = CONNECTED
+        connection.requested_scopes = list(auth_state.scopes)
+        connection.granted_scopes = list(token.granted_scopes)
+        connection.account_id = account_id
+        connection.account_login = account_login
+        _put_token(broker, connection, token, now)
+        connection.last_refreshed_at = None
+        connection.last_error = None
+        connection.version = (connection.version or 0) + 1
+        connection.updated_at = now
+        db.flush()
+        audit.record(
+            db,
+            auth_state.site_id,
+            "connection.created" if created else "connection.updated",
+            _actor(db, auth_state.member_id),
+            {
+                "provider": auth_state.provider,
+                "granted_scopes": list(token.granted_scopes),
+                "account": account_login,
+            },
+        )
+        return _view(connection)
+
+
+def _actor(db: Session, member_id: str | None) -> str:
+    from apiauth.store.models import Member
+
+    if member_id is None:
+        return "system"
+    member = db.get(Member, member_id)
+    return member.email if member else "deleted member"
+
+
+def _put_token(broker: Broker, connection: Connection, token: TokenSet, now: datetime) -> None:
+    connection.token_enc = broker.vault.seal_json(token.to_json(), _token_aad(connection.id))
+    connection.expires_at = token.expires_at
+    margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
+    connection.refresh_due_at = (
+        token.expires_at - margin if token.expires_at and token.refresh_token else None
+    )
+
+
+def _open_token(broker: Broker, connection: Connection) -> TokenSet | None:
+    if connection.token_enc is None:
+        return None
+    return TokenSet.from_json(broker.vault.open_json(connection.token_enc, _token_aad(connection.id)))
+
+
+def _lock_connection(db: Session, query: Any) -> Connection | None:
+    """Read a connection row for update: a row lock on PostgreSQL; SQLite has one writer."""
+    bind = db.get_bind()
+    if bind.dialect.name != "sqlite":
+        query = query.with_for_update()
+    result: Connection | None = db.scalar(query)
+    return result
+
+
+def list_connections(broker: Broker, member: MemberView, site_name: str) -> list[ConnectionView]:
+    with broker.sessions() as db:
+        site = find_site(db, member.team_id, site_name)
+        rows = db.scalars(
+            select(Connection).where(Connection.site_id == site.id).order_by(Connection.provider)
+        )
+        return [_view(row) for row in rows]
+
+
+def get_connection(
+    broker: Broker, member: MemberView, site_name: str, provider: str
+) -> ConnectionView:
+    with broker.sessions() as db:
+        site = find_site(db, member.team_id, site_name)
+        row = db.scalar(
+            select(Connection).where(Connection.site_id == site.id, Connection.provider == provider)
+        )
+        if row is None:
+            raise NotFound(f"{site_name!r} has no {provider} connection")
+        return _view(row)
+
+
+def authorization_outcome(broker: Broker, state_id: str) -> str | None:
+    """What became of a flow started with `start_connection`: None while still open."""
+    with broker.sessions() as db:
+        state = db.get(AuthState, state_id)
+        if state is None:
+            raise NotFound("unknown authorization")
+        if state.outcome is None and state.expires_at <= broker.clock():
+            return "the authorization link expired before it was used"
+        return state.outcome
+
+
+def delete_connection(broker: Broker, member: MemberView, site_name: str, provider: str) -> bool:
+    """Revoke at the provider where the catalog says how, then forget the tokens. A provider
+    that cannot be reached does not keep a site owner from disconnecting."""
+    with broker.sessions() as db:
+        site = find_site(db, member.team_id, site_name)
+        connection = db.scalar(
+            select(Connection).where(Connection.site_id == site.id, Connection.provider == provider)
+        )
+        if connection is None:
+            raise NotFound(f"{site_name!r} has no {provider} connection")
+        token = _open_token(broker, connection)
+    revoked = False
+    catalog_entry = broker.catalog.get(provider)
+    if token is not None and catalog_entry is not None:
+        try:
+            revoked = protocol.revoke(
+                broker.http, catalog_entry, client_for(broker, member.team_id, provider), token
+            )
+        except ProviderError as exc:
+            log.warning("could not revoke the %s token of %s: %s", provider, site_name, exc)
+    with transaction(broker.sessions) as db:
+        row = db.get(Connection, connection.id)
+        if row is not None:
+            db.delete(row)
+        audit.record(
+            db,
+            site.id,
+            "connection.deleted",
+            member.email,
+            {"provider": provider, "revoked_at_provider": revoked},
+        )
+    return revoked
+
+
+def read_secrets(broker: Broker, caller: SiteCaller) -> dict[str, SecretView]:
+    """Every connected provider of the caller's site (only those a function token names),
+    each token refreshed first when it expires within the margin."""
+    with broker.sessions() as db:
+        query = select(Connection).where(Connection.site_id == caller.site_id)
+        if caller.providers is not None:
+            query = query.where(Connection.provider.in_(caller.providers))
+        connections = list(db.scalars(query.order_by(Connection.provider)))
+    margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
+    answer: dict[str, SecretView] = {}
+    for connection in connections:
+        token = _open_token(broker, connection)
+        if (
+            token is not None
+            and token.refresh_token
+            and connection.status != NEEDS_REAUTH
+            and token.expires_within(margin, broker.clock())
+        ):
+            connection, token = _refresh(broker, connection.id)
+        answer[connection.provider] = _secret(broker, connection, token)
+    return answer
+
+
+def _secret(broker: Broker, connection: Connection, token: TokenSet | None) -> SecretView:
+    now = broker.clock()
+    usable = (
+        token is not None
+        and connection.status != NEEDS_REAUTH
+        and (token.expires_at is None or token.expires_at > now)
+    )
+    return SecretView(
+        provider=connection.provider,
+        bearer_token=token.access_token if usable and token else None,
+        token_type=token.token_type if token else "bearer",
+        granted_scopes=tuple(connection.granted_scopes),
+        is_logged_in=usable,
+        expires_at=token.expires_at if token else None,
+        account_id=connection.account_id,
+        account_login=connection.account_login,
+        extra=dict(token.extra) if token else {},
+    )
+
+
+def _refresh_lock(broker: Broker, connection_id: str) -> threading.Lock:
+    with broker.refresh_locks_guard:
+        return broker.refresh_locks.setdefault(connection_id, threading.Lock())
+
+
+def _refresh(broker: Broker, connection_id: str) -> tuple[Connection, TokenSet | None]:
+    """Refresh one connection under its lock; whoever waited for the lock finds the fresh
+    token and does not refresh again (a rotating refresh token is never sent twice)."""
+    margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
+    with _refresh_lock(broker, connection_id), transaction(broker.sessions) as db:
+        connection = _lock_connection(db, select(Connection).where(Connection.id == connection_id))
+        if connection is None:
+            raise NotFound("the connection was deleted")
+        token = _open_token(broker, connection)
+        now = broker.clock()
+        if token is None or not token.refresh_token or not token.expires_within(margin, now):
+            return connection, token
+        provider = provider_named(broker, connection.provider)
+        site = db.get(Site, connection.site_id)
+        assert site is not None
+        try:
+            fresh = protocol.refresh_token_set(
+                broker.http, provider, client_for(broker, site.team_id, provider.name), token, now=now
+            )
+        except InvalidGrant as exc:
+            connection.status = NEEDS_REAUTH
+            connection.last_error = exc.message
+            audit.record(db, site.id, "connection.needs_reauth", "refresher", {"provider": provider.name})
+            return connection, token
+        except ProviderError as exc:
+            connection.last_error = exc.message
+            audit.record(
+                db, site.id, "connection.refresh_failed", "refresher", {"provider": provider.name, "error": exc.message}
+            )
+            return connection, token
+        _put_token(broker, connection, fresh, now)
+        connection.granted_scopes = list(fresh.granted_scopes)
+        connection.status = CONNECTED
+        connection.last_refreshed_at = now
+        connection.last_error = None
+        connection.version += 1
+        audit.record(db, site.id, "connection.refreshed", "refresher", {"provider": provider.name})
+        return connection, fresh
+
+
+__all__ = [
+    "ConnectionView",
+    "SecretView",
+    "complete_authorization",
+    "delete_connection",
+    "get_connection",
+    "is_sqlite",
+    "list_connections",
+    "read_secrets",
+    "start_connection",
+]

@@ -1,0 +1,241 @@
+"""Sites, API Authentication on/off, and the site tokens that read a site's secrets."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from apiauth.domain import audit, deploy_hooks
+from apiauth.domain.broker import Broker
+from apiauth.domain.members import MemberView
+from apiauth.domain.token_format import TokenKind, generate_token, hash_token, token_kind
+from apiauth.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
+from apiauth.store.db import transaction
+from apiauth.store.models import Connection, Site, SiteToken, new_id
+
+_SITE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+ENV_VAR = "APIAUTH_TOKEN"
+
+
+@dataclass(frozen=True)
+class SiteView:
+    id: str
+    name: str
+    team_id: str
+    api_auth_enabled: bool
+    deploy_hook_url: str | None
+    webhook_url: str | None
+    created_at: datetime
+    connection_count: int
+    needs_attention: int
+
+
+@dataclass(frozen=True)
+class SiteCaller:
+    """Who presented a site or function token, and what it may read."""
+
+    site_id: str
+    site_name: str
+    token_id: str
+    kind: str
+    providers: tuple[str, ...] | None
+
+
+def validate_site_name(name: str) -> str:
+    if not _SITE_NAME.match(name):
+        raise InvalidInput(
+            f"{name!r} is not a site name: use 1 to 63 lowercase letters, digits and dashes, "
+            "not starting or ending with a dash"
+        )
+    return name
+
+
+def validate_hook_url(url: str | None, what: str) -> str | None:
+    if url is None or url == "":
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2048:
+        raise InvalidInput(f"the {what} must be an http(s) URL of at most 2048 characters")
+    return url
+
+
+def _view(db: Session, site: Site) -> SiteView:
+    counts = db.execute(
+        select(Connection.status, func.count(Connection.id))
+        .where(Connection.site_id == site.id)
+        .group_by(Connection.status)
+    ).all()
+    by_status = {status: count for status, count in counts}
+    return SiteView(
+        id=site.id,
+        name=site.name,
+        team_id=site.team_id,
+        api_auth_enabled=site.api_auth_enabled,
+        deploy_hook_url=site.deploy_hook_url,
+        webhook_url=site.webhook_url,
+        created_at=site.created_at,
+        connection_count=sum(by_status.values()),
+        needs_attention=by_status.get("needs_reauth", 0),
+    )
+
+
+def find_site(db: Session, team_id: str, name: str) -> Site:
+    site = db.scalar(select(Site).where(Site.name == name, Site.team_id == team_id))
+    if site is None:
+        raise NotFound(f"no site named {name!r}")
+    return site
+
+
+def create_site(
+    broker: Broker,
+    member: MemberView,
+    name: str,
+    *,
+    deploy_hook_url: str | None = None,
+    webhook_url: str | None = None,
+) -> SiteView:
+    name = validate_site_name(name)
+    with transaction(broker.sessions) as db:
+        if db.scalar(select(Site.id).where(Site.name == name)):
+            raise Conflict(f"a site named {name!r} exists already")
+        site = Site(
+            id=new_id("site"),
+            team_id=member.team_id,
+            name=name,
+            deploy_hook_url=validate_hook_url(deploy_hook_url, "deploy hook URL"),
+            webhook_url=validate_hook_url(webhook_url, "webhook URL"),
+            api_auth_enabled=False,
+        )
+        db.add(site)
+        db.flush()
+        audit.record(db, site.id, "site.created", member.email)
+        return _view(db, site)
+
+
+def list_sites(broker: Broker, member: MemberView) -> list[SiteView]:
+    with broker.sessions() as db:
+        sites = db.scalars(select(Site).where(Site.team_id == member.team_id).order_by(Site.name))
+        return [_view(db, site) for site in sites]
+
+
+def get_site(broker: Broker, member: MemberView, name: str) -> SiteView:
+    with broker.sessions() as db:
+        return _view(db, find_site(db, member.team_id, name))
+
+
+_UNSET = object()
+
+
+def update_site(
+    broker: Broker,
+    member: MemberView,
+    name: str,
+    *,
+    deploy_hook_url: str | None | object = _UNSET,
+    webhook_url: str | None | object = _UNSET,
+) -> SiteView:
+    with transaction(broker.sessions) as db:
+        site = find_site(db, member.team_id, name)
+        if deploy_hook_url is not _UNSET:
+            assert deploy_hook_url is None or isinstance(deploy_hook_url, str)
+            site.deploy_hook_url = validate_hook_url(deploy_hook_url, "deploy hook URL")
+        if webhook_url is not _UNSET:
+            assert webhook_url is None or isinstance(webhook_url, str)
+            site.webhook_url = validate_hook_url(webhook_url, "webhook URL")
+        audit.record(db, site.id, "site.updated", member.email)
+        return _view(db, site)
+
+
+def delete_site(broker: Broker, member: MemberView, name: str) -> None:
+    with transaction(broker.sessions) as db:
+        db.delete(find_site(db, member.team_id, name))
+
+
+def enable_api_auth(broker: Broker, member: MemberView, name: str) -> str:
+    """Turn API Authentication on and issue a new site token (the caller shows it once).
+
+    Enabling an enabled site issues a new token and revokes the old one, like a rotation:
+    a token that was shown once cannot be shown again.
+    """
+    with transaction(broker.sessions) as db:
+        site = find_site(db, member.team_id, name)
+        was_enabled = site.api_auth_enabled
+        site.api_auth_enabled = True
+        token = _issue_site_token(db, site, broker.clock())
+        audit.record(db, site.id, "api_auth.rotated" if was_enabled else "api_auth.enabled", member.email)
+        hook = site.deploy_hook_url
+    deploy_hooks.fire(broker, hook, site_name=name, reason="api_auth.enabled")
+    return token
+
+
+def rotate_site_token(broker: Broker, member: MemberView, name: str) -> str:
+    with transaction(broker.sessions) as db:
+        site = find_site(db, member.team_id, name)
+        if not site.api_auth_enabled:
+            raise Conflict(f"API Authentication is not enabled for {name!r}: enable it first")
+        token = _issue_site_token(db, site, broker.clock())
+        audit.record(db, site.id, "api_auth.rotated", member.email)
+    return token
+
+
+def disable_api_auth(broker: Broker, member: MemberView, name: str) -> None:
+    with transaction(broker.sessions) as db:
+        site = find_site(db, member.team_id, name)
+        site.api_auth_enabled = False
+        _revoke_site_tokens(db, site.id, broker.clock())
+        audit.record(db, site.id, "api_auth.disabled", member.email)
+
+
+def _revoke_site_tokens(db: Session, site_id: str, now: datetime) -> None:
+    """Revoking a site token revokes every function token minted from it too."""
+    db.execute(
+        update(SiteToken)
+        .where(SiteToken.site_id == site_id, SiteToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+
+
+def _issue_site_token(db: Session, site: Site, now: datetime) -> str:
+    _revoke_site_tokens(db, site.id, now)
+    token = generate_token(TokenKind.SITE)
+    db.add(
+        SiteToken(
+            id=new_id("stok"),
+            site_id=site.id,
+            kind="site",
+            token_hash=hash_token(token),
+            providers=None,
+        )
+    )
+    return token
+
+
+def authenticate_site_token(broker: Broker, token: str) -> SiteCaller:
+    """The site a site or function token reads; one answer for every kind of bad token."""
+    failure = AuthenticationFailed(
+        f"a valid site or function token is required (set {ENV_VAR}; "
+        "`apiauth sites enable SITE` issues one)"
+    )
+    if token_kind(token) not in (TokenKind.SITE, TokenKind.FUNCTION):
+        raise failure
+    now = broker.clock()
+    with broker.sessions() as db:
+        row = db.execute(
+            select(SiteToken, Site)
+            .join(Site, Site.id == SiteToken.site_id)
+            .where(SiteToken.token_hash == hash_token(token))
+        ).first()
+    if row is None:
+        raise failure
+    site_token, site = row
+    if site_token.revoked_at is not None or not site.api_auth_enabled:
+        raise failure
+    if site_token.expires_at is not None and site_token.expires_at <= now:
+        raise failure
+    providers = tuple(site_token.providers) if site_token.providers is not None else None
+    return SiteCaller(site.id, site.name, site_token.id, site_token.kind, providers)

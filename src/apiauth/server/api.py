@@ -1,0 +1,144 @@
+"""The REST API of SPEC §2: thin routes over the domain services."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response, status
+
+from apiauth.domain import connections, sites
+from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
+from apiauth.server.schemas import (
+    AuthorizeOut,
+    ConnectionCreate,
+    ConnectionOut,
+    DeletedConnectionOut,
+    ErrorResponse,
+    ProviderOut,
+    ProviderSecretOut,
+    ScopeOut,
+    SiteCreate,
+    SiteOut,
+    SiteTokenOut,
+    SiteUpdate,
+)
+
+_errors: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422)
+}
+router = APIRouter(prefix="/api/v1", responses=_errors)
+
+
+@router.get("/providers", tags=["providers"])
+def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
+    """The catalog: every provider a site can connect, and whether an OAuth app is set up."""
+    configured = set(broker.default_apps)
+    return [
+        ProviderOut(
+            name=p.name,
+            display_name=p.display_name,
+            scopes=[ScopeOut(name=s.name, description=s.description, default=s.default) for s in p.scopes],
+            configured=p.name in configured or _team_has_app(broker, member.team_id, p.name),
+            pkce=p.pkce,
+            builtin=p.builtin,
+        )
+        for p in broker.catalog.values()
+    ]
+
+
+def _team_has_app(broker: BrokerDep, team_id: str, provider: str) -> bool:
+    try:
+        connections.client_for(broker, team_id, provider)
+    except connections.ProviderNotConfigured:
+        return False
+    return True
+
+
+@router.post("/sites", status_code=status.HTTP_201_CREATED, tags=["sites"])
+def create_site(body: SiteCreate, broker: BrokerDep, member: MemberDep) -> SiteOut:
+    return SiteOut.of(
+        sites.create_site(
+            broker,
+            member,
+            body.name,
+            deploy_hook_url=body.deploy_hook_url,
+            webhook_url=body.webhook_url,
+        )
+    )
+
+
+@router.get("/sites", tags=["sites"])
+def list_sites(broker: BrokerDep, member: MemberDep) -> list[SiteOut]:
+    return [SiteOut.of(view) for view in sites.list_sites(broker, member)]
+
+
+@router.get("/sites/{site}", tags=["sites"])
+def get_site(site: str, broker: BrokerDep, member: MemberDep) -> SiteOut:
+    return SiteOut.of(sites.get_site(broker, member, site))
+
+
+@router.patch("/sites/{site}", tags=["sites"])
+def update_site(site: str, body: SiteUpdate, broker: BrokerDep, member: MemberDep) -> SiteOut:
+    changes = body.model_dump(exclude_unset=True)
+    return SiteOut.of(sites.update_site(broker, member, site, **changes))
+
+
+@router.delete("/sites/{site}", status_code=status.HTTP_204_NO_CONTENT, tags=["sites"])
+def delete_site(site: str, broker: BrokerDep, member: MemberDep) -> Response:
+    sites.delete_site(broker, member, site)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/sites/{site}/api-auth", tags=["sites"])
+def enable_api_auth(site: str, broker: BrokerDep, member: MemberDep) -> SiteTokenOut:
+    """Enable API Authentication: returns the site token once and fires the deploy hook."""
+    return SiteTokenOut(token=sites.enable_api_auth(broker, member, site))
+
+
+@router.delete("/sites/{site}/api-auth", status_code=status.HTTP_204_NO_CONTENT, tags=["sites"])
+def disable_api_auth(site: str, broker: BrokerDep, member: MemberDep) -> Response:
+    """Disable API Authentication and revoke the site's tokens."""
+    sites.disable_api_auth(broker, member, site)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/sites/{site}/api-auth/rotate", tags=["sites"])
+def rotate_site_token(site: str, broker: BrokerDep, member: MemberDep) -> SiteTokenOut:
+    """A new site token; the old one stops working at once."""
+    return SiteTokenOut(token=sites.rotate_site_token(broker, member, site))
+
+
+@router.get("/sites/{site}/connections", tags=["connections"])
+def list_connections(site: str, broker: BrokerDep, member: MemberDep) -> list[ConnectionOut]:
+    return [ConnectionOut.of(v) for v in connections.list_connections(broker, member, site)]
+
+
+@router.post("/sites/{site}/connections", tags=["connections"])
+def start_connection(
+    site: str, body: ConnectionCreate, broker: BrokerDep, member: MemberDep
+) -> AuthorizeOut:
+    """Start the OAuth flow; open `authorize_url` in a browser to consent at the provider."""
+    start = connections.start_connection(broker, member, site, body.provider, body.scopes)
+    return AuthorizeOut(authorize_url=start.authorize_url, expires_at=start.expires_at)
+
+
+@router.get("/sites/{site}/connections/{provider}", tags=["connections"])
+def get_connection(site: str, provider: str, broker: BrokerDep, member: MemberDep) -> ConnectionOut:
+    return ConnectionOut.of(connections.get_connection(broker, member, site, provider))
+
+
+@router.delete("/sites/{site}/connections/{provider}", tags=["connections"])
+def delete_connection(
+    site: str, provider: str, broker: BrokerDep, member: MemberDep
+) -> DeletedConnectionOut:
+    """Disconnect: revoke at the provider where it can, then delete the tokens."""
+    revoked = connections.delete_connection(broker, member, site, provider)
+    return DeletedConnectionOut(provider=provider, revoked_at_provider=revoked)
+
+
+@router.get("/secrets", tags=["secrets"], response_model=dict[str, ProviderSecretOut])
+def read_secrets(broker: BrokerDep, caller: SiteDep) -> dict[str, Any]:
+    """Every connected provider of the token's site, tokens refreshed first when due."""
+    return {
+        name: view.to_json() for name, view in connections.read_secrets(broker, caller).items()
+    }

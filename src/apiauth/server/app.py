@@ -1,0 +1,181 @@
+"""The ASGI application: API, OAuth callback, health checks and (in demo mode) the emulator.
+
+Errors become responses here and nowhere else: a domain error keeps its status and message,
+anything unexpected is a 500 that names no detail (the log has it), and a database that is
+down is a 503 that says so.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from apiauth.client import __version__
+from apiauth.domain import connections
+from apiauth.domain.broker import Broker
+from apiauth.emulator import create_emulator_app
+from apiauth.errors import ApiAuthServerError
+from apiauth.server.api import router
+from apiauth.server.schemas import Health
+from apiauth.store.db import schema_is_current
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
+def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
+    return HTMLResponse(
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width,initial-scale=1'>"
+        f"<title>{html.escape(title)} · apiauth</title>"
+        "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:4rem auto;"
+        "padding:0 1rem;color:#1f2328}h1{font-size:1.4rem}.ok{color:#1a7f37}.err{color:#cf222e}"
+        "</style></head><body>"
+        f"{body}</body></html>",
+        status_code=status,
+    )
+
+
+def create_app(broker: Broker, *, demo: bool = False) -> FastAPI:
+    app = FastAPI(
+        title="apiauth",
+        version=__version__,
+        description="Self-hosted API authentication broker: connect providers once, hand "
+        "fresh bearer tokens to builds and functions.",
+    )
+    app.state.broker = broker
+    app.state.demo = demo
+
+    @app.exception_handler(ApiAuthServerError)
+    def domain_error(request: Request, exc: ApiAuthServerError) -> Response:
+        if exc.status >= 500:
+            log.error("%s: %s", exc.code, exc.message)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.code, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for error in exc.errors()[:10]:
+            where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+            problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+        return _error(422, "invalid_input", "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    def database_down(request: Request, exc: Exception) -> Response:
+        log.error("database error: %s", type(exc).__name__)
+        return _error(
+            503,
+            "database_unavailable",
+            "the database is not answering; try again shortly",
+            {"Retry-After": "5"},
+        )
+
+    @app.exception_handler(Exception)
+    def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, "internal_error", "something went wrong on the server; see its log")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> Health:
+        """The process answers."""
+        return Health(status="ok")
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": Health}})
+    def readyz() -> Any:
+        """The database answers and its schema is current."""
+        try:
+            with broker.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            if not schema_is_current(broker.engine):
+                return JSONResponse({"status": "schema not current"}, status_code=503)
+        except DBAPIError:
+            return JSONResponse({"status": "database unavailable"}, status_code=503)
+        return Health(status="ok")
+
+    @app.get("/oauth/callback", tags=["oauth"], include_in_schema=True)
+    def oauth_callback(
+        request: Request,
+        state: str | None = None,
+        code: str | None = None,
+        error: str | None = None,
+        error_description: str | None = None,
+    ) -> Response:
+        """The one redirect URI registered with every provider."""
+        try:
+            done = connections.complete_authorization(
+                broker, state=state, code=code, error=error, error_description=error_description
+            )
+        except ApiAuthServerError as exc:
+            if _wants_html(request):
+                return _page(
+                    "Connection failed",
+                    f"<h1 class=err>Connection failed</h1><p>{html.escape(exc.message)}</p>",
+                    exc.status,
+                )
+            return _error(exc.status, exc.code, exc.message)
+        view = done.connection
+        if done.return_to:
+            return RedirectResponse(done.return_to, status_code=303)
+        who = view.account_login or view.account_id or "an account"
+        if _wants_html(request):
+            provider = broker.catalog[view.provider].display_name
+            return _page(
+                f"{provider} connected",
+                f"<h1 class=ok>{html.escape(provider)} connected</h1>"
+                f"<p>Site <b>{html.escape(done.site_name)}</b> is connected as "
+                f"<b>{html.escape(who)}</b> with scopes "
+                f"<code>{html.escape(' '.join(view.granted_scopes) or '(none)')}</code>.</p>"
+                "<p>You can close this window.</p>",
+            )
+        return JSONResponse(
+            {
+                "site": done.site_name,
+                "provider": view.provider,
+                "status": view.status,
+                "account": {"id": view.account_id, "login": view.account_login},
+                "granted_scopes": list(view.granted_scopes),
+            }
+        )
+
+    app.include_router(router)
+
+    if demo:
+        emulator_base = broker.settings.public_url.rstrip("/") + "/_emulator"
+        app.mount(
+            "/_emulator",
+            create_emulator_app(
+                broker.catalog,
+                base_url=emulator_base,
+                clients={
+                    name: (app_.client_id, app_.client_secret or "")
+                    for name, app_ in broker.default_apps.items()
+                },
+                token_ttl=broker.settings.emulator_token_ttl,
+            ),
+        )
+    return app

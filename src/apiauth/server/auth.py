@@ -1,0 +1,50 @@
+"""Who is calling: a member (personal access token) or a site (site or function token)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from apiauth.domain.broker import Broker
+from apiauth.domain.members import MemberView, authenticate_personal_token
+from apiauth.domain.sites import SiteCaller, authenticate_site_token
+from apiauth.errors import AuthenticationFailed
+
+_bearer = HTTPBearer(auto_error=False, description="apiauth_pat_… or apiauth_site_… token")
+
+
+def get_broker(request: Request) -> Broker:
+    broker: Broker = request.app.state.broker
+    return broker
+
+
+BrokerDep = Annotated[Broker, Depends(get_broker)]
+
+
+def current_member(
+    broker: BrokerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> MemberView:
+    if credentials is None:
+        raise AuthenticationFailed(
+            "sign in, or send a personal access token (`apiauth tokens create`) as "
+            "`Authorization: Bearer apiauth_pat_…`"
+        )
+    return authenticate_personal_token(broker, credentials.credentials)
+
+
+def current_site(
+    broker: BrokerDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> SiteCaller:
+    if credentials is None:
+        raise AuthenticationFailed(
+            "send the site's token as `Authorization: Bearer …` (the APIAUTH_TOKEN variable)"
+        )
+    return authenticate_site_token(broker, credentials.credentials)
+
+
+MemberDep = Annotated[MemberView, Depends(current_member)]
+SiteDep = Annotated[SiteCaller, Depends(current_site)]

@@ -1,0 +1,141 @@
+"""Request and response bodies of the REST API (and so of `/openapi.json`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from apiauth.domain.connections import ConnectionView, SecretView
+from apiauth.domain.sites import SiteView
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class SiteCreate(Strict):
+    name: str = Field(min_length=1, max_length=63, examples=["my-site"])
+    deploy_hook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+
+class SiteUpdate(Strict):
+    deploy_hook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+
+class SiteOut(BaseModel):
+    name: str
+    api_auth_enabled: bool
+    deploy_hook_url: str | None
+    webhook_url: str | None
+    created_at: datetime
+    connection_count: int
+    needs_attention: int
+
+    @classmethod
+    def of(cls, view: SiteView) -> SiteOut:
+        return cls(
+            name=view.name,
+            api_auth_enabled=view.api_auth_enabled,
+            deploy_hook_url=view.deploy_hook_url,
+            webhook_url=view.webhook_url,
+            created_at=view.created_at,
+            connection_count=view.connection_count,
+            needs_attention=view.needs_attention,
+        )
+
+
+class SiteTokenOut(BaseModel):
+    env_var: str = "APIAUTH_TOKEN"
+    token: str
+
+
+class ScopeOut(BaseModel):
+    name: str
+    description: str
+    default: bool
+
+
+class ProviderOut(BaseModel):
+    name: str
+    display_name: str
+    scopes: list[ScopeOut]
+    configured: bool
+    pkce: bool
+    builtin: bool
+
+
+class ConnectionCreate(Strict):
+    provider: str = Field(min_length=1, max_length=63, examples=["github"])
+    scopes: list[str] | None = Field(default=None, max_length=100)
+
+
+class AuthorizeOut(BaseModel):
+    authorize_url: str
+    expires_at: datetime
+
+
+class AccountOut(BaseModel):
+    id: str | None
+    login: str | None
+
+
+class ConnectionOut(BaseModel):
+    provider: str
+    status: str
+    requested_scopes: list[str]
+    granted_scopes: list[str]
+    account: AccountOut
+    expires_at: datetime | None
+    last_refreshed_at: datetime | None
+    last_error: str | None
+
+    @classmethod
+    def of(cls, view: ConnectionView) -> ConnectionOut:
+        return cls(
+            provider=view.provider,
+            status=view.status,
+            requested_scopes=list(view.requested_scopes),
+            granted_scopes=list(view.granted_scopes),
+            account=AccountOut(id=view.account_id, login=view.account_login),
+            expires_at=view.expires_at,
+            last_refreshed_at=view.last_refreshed_at,
+            last_error=view.last_error,
+        )
+
+
+class DeletedConnectionOut(BaseModel):
+    provider: str
+    deleted: bool = True
+    revoked_at_provider: bool
+
+
+class ProviderSecretOut(BaseModel):
+    provider: str
+    bearer_token: str | None
+    token_type: str
+    granted_scopes: list[str]
+    is_logged_in: bool
+    expires_at: str | None
+    account: AccountOut
+    extra: dict[str, Any]
+
+    @classmethod
+    def of(cls, view: SecretView) -> dict[str, Any]:
+        return view.to_json()
+
+
+class Health(BaseModel):
+    status: str

@@ -1,0 +1,153 @@
+"""Fixtures that build real parts: databases (SQLite and PostgreSQL), a broker, a live server
+with its emulator over real HTTP, and a consenting "browser"."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from apiauth.config import Settings
+from apiauth.domain.broker import Broker, open_broker
+from apiauth.domain.members import MemberView, create_member
+from apiauth.server.app import create_app
+
+POSTGRES_URL = os.environ.get(
+    "APIAUTH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No APIAUTH_* setting of the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("APIAUTH_") and name != "APIAUTH_TEST_POSTGRES_URL":
+            monkeypatch.delenv(name)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _postgres_reachable() -> str | None:
+    try:
+        engine = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return None
+
+
+def require_postgres() -> None:
+    problem = _postgres_reachable()
+    if problem is None:
+        return
+    message = (
+        f"PostgreSQL is not reachable at {POSTGRES_URL} ({problem}); start it or point "
+        "APIAUTH_TEST_POSTGRES_URL at a server where this user may create databases"
+    )
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def fresh_postgres_database() -> Iterator[str]:
+    require_postgres()
+    name = f"apiauth_test_{secrets.token_hex(6)}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Every storage test runs on both databases."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'apiauth.db'}"
+    else:
+        yield from fresh_postgres_database()
+
+
+class LiveServer:
+    """`apiauth serve --demo` in a thread of this process: real HTTP, real emulator."""
+
+    def __init__(self, broker: Broker, port: int) -> None:
+        self.broker = broker
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            create_app(broker, demo=True), host="127.0.0.1", port=port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def make_settings(tmp_path: Path, database_url: str, port: int, **extra: object) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        public_url=f"http://127.0.0.1:{port}",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def live(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
+    port = free_port()
+    broker = open_broker(make_settings(tmp_path, database_url, port), demo=True)
+    server = LiveServer(broker, port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        broker.close()
+
+
+@pytest.fixture
+def broker(live: LiveServer) -> Broker:
+    return live.broker
+
+
+@pytest.fixture
+def owner(broker: Broker) -> MemberView:
+    return create_member(broker, "owner@example.com", "correct horse battery")
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=15) as client:
+        yield client

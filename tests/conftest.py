@@ -3,12 +3,14 @@ with its emulator over real HTTP, and a consenting "browser"."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -151,3 +153,41 @@ def owner(broker: Broker) -> MemberView:
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=15) as client:
         yield client
+
+
+class HookReceiver:
+    """A site's deploy hook endpoint: records every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.posts: list[object] = []
+        self._arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver._arrived:
+                    receiver.posts.append(json.loads(body or b"null"))
+                    receiver._arrived.notify_all()
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, count: int, timeout: float = 10) -> list[object]:
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self.posts) >= count, timeout)
+        assert len(self.posts) >= count, f"expected {count} hook calls, got {len(self.posts)}"
+        return list(self.posts)
+
+
+@pytest.fixture
+def hook_receiver() -> Iterator[HookReceiver]:
+    receiver = HookReceiver()
+    yield receiver
+    receiver.server.shutdown()

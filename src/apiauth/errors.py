@@ -1,5 +1,7 @@
-"""The server's errors: what domain, OAuth and storage code can find wrong. The HTTP layer and the CLI each turn them into a status
-code or a message in one place; nothing below them formats an HTTP response.
+"""The server's errors: what domain, OAuth and storage code can find wrong.
+
+The HTTP layer and the CLI each turn them into a status code or a message in one place;
+nothing below them formats an HTTP response.
 
 Messages are written for the person who will read them, and never contain a secret.
 """

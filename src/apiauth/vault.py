@@ -43,6 +43,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -335,6 +336,14 @@ def load_keyring(master_key_setting: str | None, key_file: Path) -> KeyRing:
     return KeyFile(key_file).load_or_create()
 
 
+def open_vault(master_key_setting: str | None, key_file: Path) -> Vault:
+    """The server's vault: from the setting, or following the key file (see `Vault`)."""
+    ring = load_keyring(master_key_setting, key_file)
+    if master_key_setting is not None:
+        return Vault(ring)
+    return Vault(ring, key_file=KeyFile(key_file))
+
+
 def record_aad(table: str, row_id: str, column: str) -> bytes:
     """The associated data that binds a blob to one column of one row.
 
@@ -375,10 +384,38 @@ def _parse(blob: bytes) -> _Parts:
 
 
 class Vault:
-    """Seals and opens secrets with per-record data keys wrapped by the key ring."""
+    """Seals and opens secrets with per-record data keys wrapped by the key ring.
 
-    def __init__(self, keyring: KeyRing) -> None:
-        self.keyring = keyring
+    With a `key_file`, the ring follows the file: when `apiauth keys rotate` adds a key, every
+    running server seals under it from its next operation on and can open what the rotation
+    re-wrapped, so a rotation needs no restart. One `stat` per operation is the price.
+    """
+
+    def __init__(self, keyring: KeyRing, *, key_file: KeyFile | None = None) -> None:
+        self._keyring = keyring
+        self._key_file = key_file
+        self._file_signature = self._signature()
+        self._reload_lock = threading.Lock()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        if self._key_file is None:
+            return None
+        try:
+            info = self._key_file.path.stat()
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    @property
+    def keyring(self) -> KeyRing:
+        if self._key_file is not None:
+            signature = self._signature()
+            if signature is not None and signature != self._file_signature:
+                with self._reload_lock:
+                    if signature != self._file_signature:
+                        self._keyring = self._key_file.load()
+                        self._file_signature = signature
+        return self._keyring
 
     def __repr__(self) -> str:
         return f"Vault({self.keyring!r})"

@@ -11,8 +11,8 @@ import dataclasses
 import json
 import sys
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Optional
 
 import typer
@@ -265,9 +265,7 @@ def connect(
             raise typer.Exit(1)
         view = connections.get_connection(broker, _acting_member(broker, member), site, provider)
     who = view.account_login or view.account_id or "an account"
-    out.print(
-        f"{provider} connected as {who} (scopes: {' '.join(view.granted_scopes) or 'none'})"
-    )
+    out.print(f"{provider} connected as {who} (scopes: {' '.join(view.granted_scopes) or 'none'})")
 
 
 @connections_app.command("list")
@@ -354,9 +352,7 @@ def keys_rotate() -> None:
         total = key_rotation.count_encrypted_records(broker)
         with Progress(console=err) as progress:
             task = progress.add_task("Re-wrapping records", total=total)
-            result = key_rotation.rewrap_all(
-                broker, lambda n: progress.advance(task, n)
-            )
+            result = key_rotation.rewrap_all(broker, lambda n: progress.advance(task, n))
         left = {k: n for k, n in key_rotation.records_by_key(broker).items() if k != active}
     if left:
         err.print(f"[red]Records still under old keys:[/] {left}; run the command again.")

@@ -22,7 +22,7 @@ from apiauth.oauth.protocol import ClientCredentials
 from apiauth.providers import Catalog, load_catalog
 from apiauth.store.db import create_db_engine, session_factory, upgrade_database
 from apiauth.store.models import ServerState, utcnow
-from apiauth.vault import Vault, load_keyring
+from apiauth.vault import Vault, open_vault
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def open_broker(settings: Settings, *, demo: bool | None = None) -> Broker:
     upgrade_database(engine)
     emulator_url = emulator_url_for(settings, engine, demo=demo)
     catalog = load_catalog(settings.providers_file, emulator_url=emulator_url)
-    vault = Vault(load_keyring(settings.master_key, settings.key_file))
+    vault = open_vault(settings.master_key, settings.key_file)
     http = httpx.Client(
         timeout=settings.http_timeout_seconds,
         follow_redirects=False,

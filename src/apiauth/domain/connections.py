@@ -32,8 +32,8 @@ from apiauth.oauth import protocol
 from apiauth.oauth.protocol import ClientCredentials
 from apiauth.oauth.token_set import TokenSet
 from apiauth.providers import Provider
-from apiauth.store.db import is_sqlite, transaction
-from apiauth.store.models import AuthState, Connection, OAuthApp, Site, new_id
+from apiauth.store.db import transaction
+from apiauth.store.models import AuthState, Connection, Member, OAuthApp, Site, new_id
 from apiauth.vault import record_aad
 
 log = logging.getLogger(__name__)
@@ -305,9 +305,7 @@ def complete_authorization(
             now=broker.clock(),
         )
         account_id, account_login = protocol.fetch_account(broker.http, provider, token)
-        view = _store_new_token(
-            broker, auth_state, token, account_id, account_login
-        )
+        view = _store_new_token(broker, auth_state, token, account_id, account_login)
     except (OAuthFlowError, ProviderError, NotFound) as exc:
         _record_outcome(broker, auth_state.id, exc.message)
         if isinstance(exc, ProviderError):
@@ -372,8 +370,6 @@ def _store_new_token(
 
 
 def _actor(db: Session, member_id: str | None) -> str:
-    from apiauth.store.models import Member
-
     if member_id is None:
         return "system"
     member = db.get(Member, member_id)
@@ -392,7 +388,9 @@ def _put_token(broker: Broker, connection: Connection, token: TokenSet, now: dat
 def _open_token(broker: Broker, connection: Connection) -> TokenSet | None:
     if connection.token_enc is None:
         return None
-    return TokenSet.from_json(broker.vault.open_json(connection.token_enc, _token_aad(connection.id)))
+    return TokenSet.from_json(
+        broker.vault.open_json(connection.token_enc, _token_aad(connection.id))
+    )
 
 
 def _lock_connection(db: Session, query: Any) -> Connection | None:
@@ -536,17 +534,27 @@ def _refresh(broker: Broker, connection_id: str) -> tuple[Connection, TokenSet |
         assert site is not None
         try:
             fresh = protocol.refresh_token_set(
-                broker.http, provider, client_for(broker, site.team_id, provider.name), token, now=now
+                broker.http,
+                provider,
+                client_for(broker, site.team_id, provider.name),
+                token,
+                now=now,
             )
         except InvalidGrant as exc:
             connection.status = NEEDS_REAUTH
             connection.last_error = exc.message
-            audit.record(db, site.id, "connection.needs_reauth", "refresher", {"provider": provider.name})
+            audit.record(
+                db, site.id, "connection.needs_reauth", "refresher", {"provider": provider.name}
+            )
             return connection, token
         except ProviderError as exc:
             connection.last_error = exc.message
             audit.record(
-                db, site.id, "connection.refresh_failed", "refresher", {"provider": provider.name, "error": exc.message}
+                db,
+                site.id,
+                "connection.refresh_failed",
+                "refresher",
+                {"provider": provider.name, "error": exc.message},
             )
             return connection, token
         _put_token(broker, connection, fresh, now)
@@ -557,16 +565,3 @@ def _refresh(broker: Broker, connection_id: str) -> tuple[Connection, TokenSet |
         connection.version += 1
         audit.record(db, site.id, "connection.refreshed", "refresher", {"provider": provider.name})
         return connection, fresh
-
-
-__all__ = [
-    "ConnectionView",
-    "SecretView",
-    "complete_authorization",
-    "delete_connection",
-    "get_connection",
-    "is_sqlite",
-    "list_connections",
-    "read_secrets",
-    "start_connection",
-]

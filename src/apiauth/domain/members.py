@@ -62,7 +62,9 @@ def create_member(
         if db.scalar(select(Member.id).where(Member.email == email)):
             raise Conflict(f"a member with the email {email} exists already")
         team = _team_for_new_member(db, team_name)
-        first_of_team = not db.scalar(select(func.count(Member.id)).where(Member.team_id == team.id))
+        first_of_team = not db.scalar(
+            select(func.count(Member.id)).where(Member.team_id == team.id)
+        )
         member = Member(
             id=new_id("mem"),
             team_id=team.id,

@@ -70,7 +70,7 @@ def _view(db: Session, site: Site) -> SiteView:
         .where(Connection.site_id == site.id)
         .group_by(Connection.status)
     ).all()
-    by_status = {status: count for status, count in counts}
+    by_status: dict[str, int] = dict(counts)
     return SiteView(
         id=site.id,
         name=site.name,
@@ -136,8 +136,8 @@ def update_site(
     member: MemberView,
     name: str,
     *,
-    deploy_hook_url: str | None | object = _UNSET,
-    webhook_url: str | None | object = _UNSET,
+    deploy_hook_url: str | object | None = _UNSET,
+    webhook_url: str | object | None = _UNSET,
 ) -> SiteView:
     with transaction(broker.sessions) as db:
         site = find_site(db, member.team_id, name)
@@ -167,7 +167,9 @@ def enable_api_auth(broker: Broker, member: MemberView, name: str) -> str:
         was_enabled = site.api_auth_enabled
         site.api_auth_enabled = True
         token = _issue_site_token(db, site, broker.clock())
-        audit.record(db, site.id, "api_auth.rotated" if was_enabled else "api_auth.enabled", member.email)
+        audit.record(
+            db, site.id, "api_auth.rotated" if was_enabled else "api_auth.enabled", member.email
+        )
         hook = site.deploy_hook_url
     deploy_hooks.fire(broker, hook, site_name=name, reason="api_auth.enabled")
     return token

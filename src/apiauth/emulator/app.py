@@ -281,7 +281,7 @@ class _Emulator:
         form = await request.form()
         try:
             client_id, client_secret = self._authenticate(request, provider, form, strict=True)
-            grant_type = _form_value(form, "grant_type")
+            grant_type = _form_value(form, "grant_type") or dialect.default_grant_type
             if grant_type == "authorization_code":
                 issued = self._exchange(provider, dialect, form, client_id)
             elif grant_type == "refresh_token":

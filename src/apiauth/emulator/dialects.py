@@ -56,6 +56,8 @@ class Dialect:
 
     #: On a refresh with a reusable refresh token, send it back (Stripe) or leave it out.
     echo_reusable_refresh_token = False
+    #: The grant_type assumed when a token request leaves it out (RFC 6749 requires it).
+    default_grant_type: str | None = None
 
     def new_access_token(self) -> str:
         return secrets.token_urlsafe(32)
@@ -118,6 +120,8 @@ class GitHub(Dialect):
         "invalid_client": "incorrect_client_credentials",
         "invalid_grant": "bad_verification_code",
     }
+    # GitHub's documented code exchange has no grant_type parameter.
+    default_grant_type = "authorization_code"
 
     def new_access_token(self) -> str:
         return "gho_" + _random(_ALNUM, 36)

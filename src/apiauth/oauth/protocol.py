@@ -261,7 +261,7 @@ def _send(
             f"could not reach {provider.display_name} to {action}: {type(exc).__name__}",
             transient=True,
         ) from exc
-    response._content = b"".join(chunks)  # noqa: SLF001 - the body was read under a size cap
+    response._content = b"".join(chunks)
     return response
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from apiauth.domain import connections, sites
+from apiauth.errors import ProviderNotConfigured
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
 from apiauth.server.schemas import (
     AuthorizeOut,
@@ -37,7 +38,10 @@ def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
         ProviderOut(
             name=p.name,
             display_name=p.display_name,
-            scopes=[ScopeOut(name=s.name, description=s.description, default=s.default) for s in p.scopes],
+            scopes=[
+                ScopeOut(name=s.name, description=s.description, default=s.default)
+                for s in p.scopes
+            ],
             configured=p.name in configured or _team_has_app(broker, member.team_id, p.name),
             pkce=p.pkce,
             builtin=p.builtin,
@@ -49,7 +53,7 @@ def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
 def _team_has_app(broker: BrokerDep, team_id: str, provider: str) -> bool:
     try:
         connections.client_for(broker, team_id, provider)
-    except connections.ProviderNotConfigured:
+    except ProviderNotConfigured:
         return False
     return True
 
@@ -139,6 +143,4 @@ def delete_connection(
 @router.get("/secrets", tags=["secrets"], response_model=dict[str, ProviderSecretOut])
 def read_secrets(broker: BrokerDep, caller: SiteDep) -> dict[str, Any]:
     """Every connected provider of the token's site, tokens refreshed first when due."""
-    return {
-        name: view.to_json() for name, view in connections.read_secrets(broker, caller).items()
-    }
+    return {name: view.to_json() for name, view in connections.read_secrets(broker, caller).items()}

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -126,10 +127,10 @@ def make_settings(tmp_path: Path, database_url: str, port: int, **extra: object)
     )
 
 
-@pytest.fixture
-def live(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
+@contextmanager
+def running_server(tmp_path: Path, database_url: str, **settings: object) -> Iterator[LiveServer]:
     port = free_port()
-    broker = open_broker(make_settings(tmp_path, database_url, port), demo=True)
+    broker = open_broker(make_settings(tmp_path, database_url, port, **settings), demo=True)
     server = LiveServer(broker, port)
     server.start()
     try:
@@ -137,6 +138,12 @@ def live(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
     finally:
         server.stop()
         broker.close()
+
+
+@pytest.fixture
+def live(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
+    with running_server(tmp_path, database_url) as server:
+        yield server
 
 
 @pytest.fixture

@@ -68,15 +68,15 @@ class ApiAuthError(Exception):
         self.status_code = status_code
 
 
-class NotConfigured(ApiAuthError):  # noqa: N818 (public names from the spec)
+class NotConfigured(ApiAuthError):
     """No token: `APIAUTH_TOKEN` is unset and none was passed."""
 
 
-class Unauthorized(ApiAuthError):  # noqa: N818 (public names from the spec)
+class Unauthorized(ApiAuthError):
     """The broker rejected the token (HTTP 401/403): revoked, rotated or expired."""
 
 
-class BrokerUnavailable(ApiAuthError):  # noqa: N818 (public names from the spec)
+class BrokerUnavailable(ApiAuthError):
     """The broker could not be reached or gave an unusable answer."""
 
 

@@ -224,8 +224,9 @@ def start_connection(
     return AuthorizationStart(url, state_id, now + STATE_TTL)
 
 
-def _claim_state(broker: Broker, state: str) -> AuthState:
-    """Mark the state used, exactly once, whatever happens next."""
+def _claim_state(broker: Broker, state: str) -> tuple[AuthState, str | None]:
+    """Mark the state used, exactly once, whatever happens next; hand out its PKCE verifier
+    and erase it, since a used state's verifier is of no use to anyone."""
     now = broker.clock()
     with transaction(broker.sessions) as db:
         row = db.scalar(select(AuthState).where(AuthState.state_hash == hash_token(state)))
@@ -241,16 +242,23 @@ def _claim_state(broker: Broker, state: str) -> AuthState:
             raise OAuthFlowError(
                 "this authorization link expired (they last 10 minutes): start the connection again"
             )
+        verifier = (
+            broker.vault.open_text(
+                row.pkce_verifier_enc, record_aad("auth_states", row.id, "pkce_verifier_enc")
+            )
+            if row.pkce_verifier_enc
+            else None
+        )
         claimed = db.execute(
             update(AuthState)
             .where(AuthState.id == row.id, AuthState.used_at.is_(None))
-            .values(used_at=now)
+            .values(used_at=now, pkce_verifier_enc=None)
         )
         if getattr(claimed, "rowcount", 1) != 1:
             raise OAuthFlowError(
                 "this authorization link was used already: start the connection again"
             )
-        return row
+        return row, verifier
 
 
 def _record_outcome(broker: Broker, state_id: str, outcome: str) -> None:
@@ -270,7 +278,7 @@ def complete_authorization(
     and store the connection. On any failure nothing is stored."""
     if not state:
         raise OAuthFlowError("the provider sent the user back without a state parameter")
-    auth_state = _claim_state(broker, state)
+    auth_state, verifier = _claim_state(broker, state)
     provider = provider_named(broker, auth_state.provider)
     try:
         if error:
@@ -285,14 +293,6 @@ def complete_authorization(
             if site is None:
                 raise NotFound("the site of this authorization was deleted")
             site_name, team_id, hook = site.name, site.team_id, site.deploy_hook_url
-        verifier = (
-            broker.vault.open_text(
-                auth_state.pkce_verifier_enc,
-                record_aad("auth_states", auth_state.id, "pkce_verifier_enc"),
-            )
-            if auth_state.pkce_verifier_enc
-            else None
-        )
         client = client_for(broker, team_id, provider.name)
         token = protocol.exchange_code(
             broker.http,

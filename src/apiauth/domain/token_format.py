@@ -2,7 +2,8 @@
 
 `apiauth_<kind>_<43 random base62 chars><6 char checksum>`: 256 random bits, a prefix that
 secret scanners (and people) recognise, and a CRC32 checksum so that a scanner can tell a
-real token from a look-alike without asking us, as GitHub's tokens do. Only the SHA-256 hash
+real token from a look-alike without asking us, as GitHub's tokens do. The checksum covers
+the prefix too, so a token relabelled as another kind is no token at all. Only the SHA-256 hash
 of a token is ever stored.
 """
 
@@ -44,7 +45,7 @@ def _checksum(body: str) -> str:
 
 def generate_token(kind: TokenKind) -> str:
     body = _base62(secrets.randbits(256), _BODY_LENGTH)
-    return kind.prefix + body + _checksum(body)
+    return kind.prefix + body + _checksum(kind.prefix + body)
 
 
 def token_kind(token: str) -> TokenKind | None:
@@ -56,7 +57,7 @@ def token_kind(token: str) -> TokenKind | None:
         if len(rest) != _BODY_LENGTH + _CHECKSUM_LENGTH or not all(c in _ALPHABET for c in rest):
             return None
         body, checksum = rest[:_BODY_LENGTH], rest[_BODY_LENGTH:]
-        return kind if hmac.compare_digest(_checksum(body), checksum) else None
+        return kind if hmac.compare_digest(_checksum(kind.prefix + body), checksum) else None
     return None
 
 

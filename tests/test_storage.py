@@ -1,0 +1,101 @@
+"""Storage on SQLite and PostgreSQL: migrations build exactly the models' schema, run again
+harmlessly, and secrets are sealed to their rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, select
+
+from apiauth.config import Settings
+from apiauth.domain.broker import open_broker
+from apiauth.domain.members import create_member
+from apiauth.domain.sites import create_site
+from apiauth.store.db import create_db_engine, schema_is_current, transaction, upgrade_database
+from apiauth.store.models import Base, Connection, Site, new_id
+from apiauth.vault import DecryptionError, record_aad
+
+
+def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
+    engine = create_db_engine(database_url)
+    assert not schema_is_current(engine)
+    upgrade_database(engine)
+    assert schema_is_current(engine)
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        tables = set(inspect(connection).get_table_names())
+    assert differences == []
+    assert {"teams", "members", "sites", "site_tokens", "connections", "auth_states"} <= tables
+    engine.dispose()
+
+
+def test_upgrading_twice_changes_nothing_and_keeps_data(database_url: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
+    broker = open_broker(settings)
+    member = create_member(broker, "owner@example.com", "correct horse battery")
+    create_site(broker, member, "kept")
+    broker.close()
+    again = open_broker(settings)
+    with again.sessions() as db:
+        assert db.scalars(select(Site.name)).all() == ["kept"]
+    again.close()
+
+
+def test_times_come_back_in_utc(database_url: str, tmp_path: Path) -> None:
+    broker = open_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
+    member = create_member(broker, "owner@example.com", "correct horse battery")
+    create_site(broker, member, "timed")
+    with broker.sessions() as db:
+        created = db.scalars(select(Site.created_at)).one()
+    assert created.tzinfo is UTC
+    assert abs((datetime.now(UTC) - created).total_seconds()) < 60
+    broker.close()
+
+
+def test_a_token_ciphertext_copied_to_another_row_does_not_open(
+    database_url: str, tmp_path: Path
+) -> None:
+    broker = open_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
+    member = create_member(broker, "owner@example.com", "correct horse battery")
+    site = create_site(broker, member, "sealed")
+    blob = broker.vault.seal_json(
+        {"access_token": "x"}, record_aad("connections", "con_a", "token_enc")
+    )
+    with transaction(broker.sessions) as db:
+        for row_id in ("con_a", "con_b"):
+            db.add(
+                Connection(
+                    id=row_id,
+                    site_id=site.id,
+                    provider="github" if row_id == "con_a" else "box",
+                    status="connected",
+                    requested_scopes=[],
+                    granted_scopes=[],
+                    token_enc=blob,
+                )
+            )
+    with broker.sessions() as db:
+        stored = {c.id: c.token_enc for c in db.scalars(select(Connection))}
+    assert broker.vault.open_json(stored["con_a"], record_aad("connections", "con_a", "token_enc"))
+    with pytest.raises(DecryptionError):
+        broker.vault.open_json(stored["con_b"], record_aad("connections", "con_b", "token_enc"))
+    broker.close()
+
+
+def test_new_ids_are_unique_and_prefixed() -> None:
+    ids = {new_id("con") for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(i.startswith("con_") and len(i) <= 32 for i in ids)
+
+
+def test_a_bad_database_url_is_a_clear_error() -> None:
+    from apiauth.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="not a database URL"):
+        create_db_engine("not a url")
+    with pytest.raises(ConfigurationError, match="unsupported database"):
+        create_db_engine("mysql://x@localhost/db")

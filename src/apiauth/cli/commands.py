@@ -21,7 +21,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from apiauth.config import Settings
-from apiauth.domain import connections, key_rotation, members, sites
+from apiauth.domain import connections, key_rotation, members, oauth_apps, sites
 from apiauth.domain.broker import Broker, open_broker
 
 app = typer.Typer(
@@ -37,6 +37,9 @@ tokens_app = typer.Typer(help="Personal access tokens for the REST API.", no_arg
 sites_app = typer.Typer(help="Sites and their API Authentication.", no_args_is_help=True)
 providers_app = typer.Typer(help="The provider catalog.", no_args_is_help=True)
 connections_app = typer.Typer(help="A site's provider connections.", no_args_is_help=True)
+apps_app = typer.Typer(
+    help="OAuth apps (client id and secret) registered with providers.", no_args_is_help=True
+)
 keys_app = typer.Typer(help="Master keys that encrypt tokens at rest.", no_args_is_help=True)
 db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
@@ -44,6 +47,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(sites_app, name="sites")
 app.add_typer(providers_app, name="providers")
 app.add_typer(connections_app, name="connections")
+app.add_typer(apps_app, name="apps")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 
@@ -323,6 +327,46 @@ def secrets(
             f"{bearer[:4]}…" if bearer else "",
         )
     out.print(table if len(found) else "No provider is connected to this site yet.")
+
+
+@apps_app.command("list")
+def apps_list(member: MemberOption = None) -> None:
+    """List the OAuth app each provider uses: the team's own, or the server's."""
+    with broker_for_command() as broker:
+        views = oauth_apps.list_oauth_apps(broker, _acting_member(broker, member))
+        redirect_uri = broker.settings.redirect_uri
+    table = Table("provider", "client id", "from")
+    for view in views:
+        table.add_row(view.provider, view.client_id, view.source)
+    out.print(table if views else "No OAuth app is configured yet.")
+    out.print(f"Register this redirect URI with each provider: {redirect_uri}", highlight=False)
+
+
+@apps_app.command("set")
+def apps_set(
+    provider: str,
+    client_id: Annotated[str, typer.Option("--client-id", help="The app's client id.")],
+    client_secret_stdin: Annotated[
+        bool,
+        typer.Option("--client-secret-stdin", help="Read the client secret from standard input."),
+    ] = False,
+    member: MemberOption = None,
+) -> None:
+    """Store the team's OAuth app for PROVIDER (the secret is encrypted, never shown again)."""
+    secret = sys.stdin.readline().rstrip("\r\n") if client_secret_stdin else None
+    with broker_for_command() as broker:
+        view = oauth_apps.set_oauth_app(
+            broker, _acting_member(broker, member), provider, client_id, secret
+        )
+    out.print(f"Saved the {view.provider} OAuth app {view.client_id}.")
+
+
+@apps_app.command("remove")
+def apps_remove(provider: str, member: MemberOption = None) -> None:
+    """Forget the team's own OAuth app for PROVIDER (the server's, if any, applies again)."""
+    with broker_for_command() as broker:
+        oauth_apps.remove_oauth_app(broker, _acting_member(broker, member), provider)
+    out.print(f"Removed the team's {provider} OAuth app.")
 
 
 @keys_app.command("generate")

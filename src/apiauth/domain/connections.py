@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from apiauth.domain import audit, deploy_hooks
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView
+from apiauth.domain.oauth_apps import client_for
 from apiauth.domain.sites import SiteCaller, find_site
 from apiauth.domain.token_format import hash_token
 from apiauth.errors import (
@@ -26,14 +27,12 @@ from apiauth.errors import (
     NotFound,
     OAuthFlowError,
     ProviderError,
-    ProviderNotConfigured,
 )
 from apiauth.oauth import protocol
-from apiauth.oauth.protocol import ClientCredentials
 from apiauth.oauth.token_set import TokenSet
 from apiauth.providers import Provider
 from apiauth.store.db import transaction
-from apiauth.store.models import AuthState, Connection, Member, OAuthApp, Site, new_id
+from apiauth.store.models import AuthState, Connection, Member, Site, new_id
 from apiauth.vault import record_aad
 
 log = logging.getLogger(__name__)
@@ -135,31 +134,6 @@ def provider_named(broker: Broker, name: str) -> Provider:
         raise NotFound(
             f"no provider named {name!r}; known: {', '.join(broker.catalog.names())}"
         ) from None
-
-
-def client_for(broker: Broker, team_id: str, provider: str) -> ClientCredentials:
-    """The team's own OAuth app for the provider, else the server-wide one."""
-    with broker.sessions() as db:
-        app = db.scalar(
-            select(OAuthApp).where(OAuthApp.team_id == team_id, OAuthApp.provider == provider)
-        )
-        if app is not None:
-            secret = (
-                broker.vault.open_text(
-                    app.client_secret_enc, record_aad("oauth_apps", app.id, "client_secret_enc")
-                )
-                if app.client_secret_enc
-                else None
-            )
-            return ClientCredentials(app.client_id, secret)
-    default = broker.default_apps.get(provider)
-    if default is None:
-        stem = "APIAUTH_" + provider.upper().replace("-", "_")
-        raise ProviderNotConfigured(
-            f"no OAuth app is configured for {provider}: set {stem}_CLIENT_ID and "
-            f"{stem}_CLIENT_SECRET (or run `apiauth serve --demo` to use the emulator)"
-        )
-    return default
 
 
 def validate_scopes(provider: Provider, scopes: Sequence[str] | None) -> tuple[str, ...]:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from apiauth.domain import connections, sites
-from apiauth.errors import ProviderNotConfigured
+from apiauth.domain.oauth_apps import list_oauth_apps
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
 from apiauth.server.schemas import (
     AuthorizeOut,
@@ -33,7 +33,7 @@ router = APIRouter(prefix="/api/v1", responses=_errors)
 @router.get("/providers", tags=["providers"])
 def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
     """The catalog: every provider a site can connect, and whether an OAuth app is set up."""
-    configured = set(broker.default_apps)
+    configured = {app.provider for app in list_oauth_apps(broker, member)}
     return [
         ProviderOut(
             name=p.name,
@@ -42,20 +42,12 @@ def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
                 ScopeOut(name=s.name, description=s.description, default=s.default)
                 for s in p.scopes
             ],
-            configured=p.name in configured or _team_has_app(broker, member.team_id, p.name),
+            configured=p.name in configured,
             pkce=p.pkce,
             builtin=p.builtin,
         )
         for p in broker.catalog.values()
     ]
-
-
-def _team_has_app(broker: BrokerDep, team_id: str, provider: str) -> bool:
-    try:
-        connections.client_for(broker, team_id, provider)
-    except ProviderNotConfigured:
-        return False
-    return True
 
 
 @router.post("/sites", status_code=status.HTTP_201_CREATED, tags=["sites"])

@@ -54,7 +54,7 @@ def client_env(url: str, token: str) -> dict[str, str]:
 def run_cli(
     args: Sequence[str],
     env: Mapping[str, str],
-    input: str | None = None,  # noqa: A002 - same name as subprocess.run's
+    input: str | None = None,
     *,
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
@@ -193,7 +193,8 @@ class BackgroundConnect:
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stdout: list[str] = []
         self._stderr: list[str] = []
-        assert self.process.stdout is not None and self.process.stderr is not None
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
         self._readers = [
             threading.Thread(target=self._pump, args=(self.process.stdout, self._stdout, True)),
             threading.Thread(target=self._pump, args=(self.process.stderr, self._stderr, False)),

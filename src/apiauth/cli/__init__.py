@@ -18,7 +18,7 @@ def main() -> None:
     try:
         app()
     except (ApiAuthServerError, ApiAuthError, CatalogError, VaultError) as exc:
-        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {exc}", highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -51,8 +51,9 @@ app.add_typer(apps_app, name="apps")
 app.add_typer(keys_app, name="keys")
 app.add_typer(db_app, name="db")
 
-out = Console()
-err = Console(stderr=True)
+# Piped output is read by scripts: no wrapping and no cropped table cells there.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
+err = Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager

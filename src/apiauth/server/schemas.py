@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from apiauth.domain.connections import ConnectionView, SecretView
+from apiauth.domain.connections import ConnectionView
 from apiauth.domain.sites import SiteView
 
 
@@ -36,6 +36,8 @@ class SiteUpdate(Strict):
 
 
 class SiteOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     name: str
     api_auth_enabled: bool
     deploy_hook_url: str | None
@@ -46,15 +48,7 @@ class SiteOut(BaseModel):
 
     @classmethod
     def of(cls, view: SiteView) -> SiteOut:
-        return cls(
-            name=view.name,
-            api_auth_enabled=view.api_auth_enabled,
-            deploy_hook_url=view.deploy_hook_url,
-            webhook_url=view.webhook_url,
-            created_at=view.created_at,
-            connection_count=view.connection_count,
-            needs_attention=view.needs_attention,
-        )
+        return cls.model_validate(view)
 
 
 class SiteTokenOut(BaseModel):
@@ -131,10 +125,6 @@ class ProviderSecretOut(BaseModel):
     expires_at: str | None
     account: AccountOut
     extra: dict[str, Any]
-
-    @classmethod
-    def of(cls, view: SecretView) -> dict[str, Any]:
-        return view.to_json()
 
 
 class Health(BaseModel):

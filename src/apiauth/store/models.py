@@ -116,6 +116,7 @@ class Site(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     deploy_hook_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     api_auth_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -173,6 +174,11 @@ class Connection(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     last_refreshed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # A refresh in flight is a lease: whoever holds it refreshes; when it expires (its holder
+    # died) another process may take over.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claim_expires_at: Mapped[datetime | None]
+    failure_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -193,6 +199,24 @@ class AuthState(Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     outcome: Mapped[str | None] = mapped_column(Text)  # "connected" or what went wrong
+
+
+class Delivery(Base):
+    """The outbox: a deploy hook call or webhook event, kept until delivered (at least once)."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (Index("ix_deliveries_pending", "delivered_at", "next_attempt_at"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # "deploy_hook" | "webhook"
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEvent(Base):

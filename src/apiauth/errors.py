@@ -51,10 +51,15 @@ class PermissionDenied(ApiAuthServerError):
 
 
 class OAuthFlowError(ApiAuthServerError):
-    """The OAuth dance failed: bad or replayed state, denied consent, a provider error."""
+    """The OAuth dance failed: bad or replayed state, denied consent, a provider error.
+
+    `return_to` is the local page the flow started from, when it is known, so that the
+    person lands back there with the message.
+    """
 
     status = 400
     code = "oauth_error"
+    return_to: str | None = None
 
 
 class ProviderNotConfigured(ApiAuthServerError):

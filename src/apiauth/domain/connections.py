@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from apiauth.domain import audit, deploy_hooks
+from apiauth.domain import audit, deliveries
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView
 from apiauth.domain.oauth_apps import client_for
@@ -136,6 +136,17 @@ def provider_named(broker: Broker, name: str) -> Provider:
         ) from None
 
 
+def is_local_path(path: str) -> bool:
+    """A path on this server: no scheme, no host, no `//` or `\\` tricks (no open redirect)."""
+    return (
+        path.startswith("/")
+        and not path.startswith("//")
+        and "\\" not in path
+        and len(path) <= 2048
+        and all(ch.isprintable() and not ch.isspace() for ch in path)
+    )
+
+
 def validate_scopes(provider: Provider, scopes: Sequence[str] | None) -> tuple[str, ...]:
     if scopes is None:
         return provider.default_scopes
@@ -163,6 +174,8 @@ def start_connection(
     provider and the member, and a PKCE verifier where the provider supports it."""
     provider = provider_named(broker, provider_name)
     chosen = validate_scopes(provider, scopes)
+    if return_to is not None and not is_local_path(return_to):
+        raise InvalidInput("return_to must be a path on this server, such as /sites/my-site")
     client = client_for(broker, member.team_id, provider.name)
     state = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(48) if provider.pkce else None
@@ -266,7 +279,7 @@ def complete_authorization(
             site = db.get(Site, auth_state.site_id)
             if site is None:
                 raise NotFound("the site of this authorization was deleted")
-            site_name, team_id, hook = site.name, site.team_id, site.deploy_hook_url
+            site_name, team_id = site.name, site.team_id
         client = client_for(broker, team_id, provider.name)
         token = protocol.exchange_code(
             broker.http,
@@ -282,11 +295,10 @@ def complete_authorization(
         view = _store_new_token(broker, auth_state, token, account_id, account_login)
     except (OAuthFlowError, ProviderError, NotFound) as exc:
         _record_outcome(broker, auth_state.id, exc.message)
-        if isinstance(exc, ProviderError):
-            raise OAuthFlowError(exc.message) from exc
-        raise
+        failure = OAuthFlowError(exc.message)
+        failure.return_to = auth_state.return_to
+        raise failure from exc
     _record_outcome(broker, auth_state.id, CONNECTED)
-    deploy_hooks.fire(broker, hook, site_name=site_name, reason="connection.created")
     return CompletedAuthorization(site_name, view, auth_state.return_to)
 
 
@@ -329,17 +341,16 @@ def _store_new_token(
         connection.version = (connection.version or 0) + 1
         connection.updated_at = now
         db.flush()
-        audit.record(
-            db,
-            auth_state.site_id,
-            "connection.created" if created else "connection.updated",
-            _actor(db, auth_state.member_id),
-            {
-                "provider": auth_state.provider,
-                "granted_scopes": list(token.granted_scopes),
-                "account": account_login,
-            },
-        )
+        event = "connection.created" if created else "connection.updated"
+        detail = {
+            "provider": auth_state.provider,
+            "granted_scopes": list(token.granted_scopes),
+            "account": account_login,
+        }
+        audit.record(db, auth_state.site_id, event, _actor(db, auth_state.member_id), detail)
+        site = db.get(Site, auth_state.site_id)
+        if site is not None:
+            deliveries.enqueue(db, site, event, detail)
         return _view(connection)
 
 
@@ -433,13 +444,9 @@ def delete_connection(broker: Broker, member: MemberView, site_name: str, provid
         row = db.get(Connection, connection.id)
         if row is not None:
             db.delete(row)
-        audit.record(
-            db,
-            site.id,
-            "connection.deleted",
-            member.email,
-            {"provider": provider, "revoked_at_provider": revoked},
-        )
+        detail = {"provider": provider, "revoked_at_provider": revoked}
+        audit.record(db, site.id, "connection.deleted", member.email, detail)
+        deliveries.enqueue(db, site, "connection.deleted", detail)
     return revoked
 
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from apiauth.domain import audit, deploy_hooks
+from apiauth.domain import audit, deliveries
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView
 from apiauth.domain.token_format import TokenKind, generate_token, hash_token, token_kind
@@ -167,11 +167,9 @@ def enable_api_auth(broker: Broker, member: MemberView, name: str) -> str:
         was_enabled = site.api_auth_enabled
         site.api_auth_enabled = True
         token = _issue_site_token(db, site, broker.clock())
-        audit.record(
-            db, site.id, "api_auth.rotated" if was_enabled else "api_auth.enabled", member.email
-        )
-        hook = site.deploy_hook_url
-    deploy_hooks.fire(broker, hook, site_name=name, reason="api_auth.enabled")
+        event = "api_auth.rotated" if was_enabled else "api_auth.enabled"
+        audit.record(db, site.id, event, member.email)
+        deliveries.enqueue(db, site, "api_auth.enabled", {})
     return token
 
 

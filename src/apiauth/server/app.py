@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,9 +25,10 @@ from apiauth.client import __version__
 from apiauth.domain import connections
 from apiauth.domain.broker import Broker
 from apiauth.emulator import create_emulator_app
-from apiauth.errors import ApiAuthServerError
+from apiauth.errors import ApiAuthServerError, OAuthFlowError
 from apiauth.server.api import router
 from apiauth.server.schemas import Health
+from apiauth.server.workers import background_workers
 from apiauth.store.db import schema_is_current
 
 log = logging.getLogger(__name__)
@@ -56,8 +60,27 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     )
 
 
-def create_app(broker: Broker, *, demo: bool = False) -> FastAPI:
+def _with_query(path: str, **params: str) -> str:
+    separator = "&" if "?" in path else "?"
+    return path + separator + urlencode(params)
+
+
+def create_app(broker: Broker, *, demo: bool = False, workers: bool = True) -> FastAPI:
+    """The application; with `workers`, the background workers run while it does."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        running = background_workers(broker) if workers else []
+        for worker in running:
+            worker.start()
+        try:
+            yield
+        finally:
+            for worker in running:
+                worker.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="apiauth",
         version=__version__,
         description="Self-hosted API authentication broker: connect providers once, hand "
@@ -133,6 +156,8 @@ def create_app(broker: Broker, *, demo: bool = False) -> FastAPI:
                 broker, state=state, code=code, error=error, error_description=error_description
             )
         except ApiAuthServerError as exc:
+            if isinstance(exc, OAuthFlowError) and exc.return_to:
+                return RedirectResponse(_with_query(exc.return_to, error=exc.message), 303)
             if _wants_html(request):
                 return _page(
                     "Connection failed",
@@ -142,7 +167,7 @@ def create_app(broker: Broker, *, demo: bool = False) -> FastAPI:
             return _error(exc.status, exc.code, exc.message)
         view = done.connection
         if done.return_to:
-            return RedirectResponse(done.return_to, status_code=303)
+            return RedirectResponse(_with_query(done.return_to, connected=view.provider), 303)
         who = view.account_login or view.account_id or "an account"
         if _wants_html(request):
             provider = broker.catalog[view.provider].display_name

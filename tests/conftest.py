@@ -11,8 +11,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -162,21 +164,39 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
+@dataclass(frozen=True)
+class ReceivedHook:
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+    status: int  # what the receiver answered
+
+
 class HookReceiver:
-    """A site's deploy hook endpoint: records every JSON body POSTed to it."""
+    """A site's deploy hook or webhook endpoint: `posts` holds every JSON body it accepted,
+    `received` every request (headers, raw body, answer). `fail_first = N` answers the first
+    N requests with a 500; `delay` (seconds) makes it slow to answer."""
 
     def __init__(self) -> None:
-        self.posts: list[object] = []
+        self.posts: list[Any] = []
+        self.received: list[ReceivedHook] = []
+        self.fail_first = 0
+        self.delay = 0.0
         self._arrived = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                headers = {name.lower(): value for name, value in self.headers.items()}
                 with receiver._arrived:
-                    receiver.posts.append(json.loads(body or b"null"))
+                    status = 500 if len(receiver.received) < receiver.fail_first else 200
+                    receiver.received.append(ReceivedHook(headers, body, status))
+                    if status == 200:
+                        receiver.posts.append(json.loads(body or b"null"))
                     receiver._arrived.notify_all()
-                self.send_response(200)
+                self.send_response(status)
                 self.end_headers()
 
             def log_message(self, format: str, *args: object) -> None:
@@ -186,7 +206,7 @@ class HookReceiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def wait_for(self, count: int, timeout: float = 10) -> list[object]:
+    def wait_for(self, count: int, timeout: float = 10) -> list[Any]:
         with self._arrived:
             self._arrived.wait_for(lambda: len(self.posts) >= count, timeout)
         assert len(self.posts) >= count, f"expected {count} hook calls, got {len(self.posts)}"

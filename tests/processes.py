@@ -143,6 +143,14 @@ class ServerProcess:
         self._close_logs()
         return process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL: the process dies wherever it is, as in a crash."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
+        self._close_logs()
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -457,4 +457,9 @@ def test_enabling_fires_the_deploy_hook(
     sites.create_site(broker, owner, "hooked", deploy_hook_url=hook_receiver.url)
     sites.enable_api_auth(broker, owner, "hooked")
     posts = hook_receiver.wait_for(1)
-    assert posts[0] == {"site": "hooked", "reason": "api_auth.enabled"}
+    assert posts[0] == {
+        "event": "api_auth.enabled",
+        "site": "hooked",
+        "created_at": posts[0]["created_at"],
+        "detail": {},
+    }

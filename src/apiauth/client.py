@@ -23,7 +23,7 @@ import inspect
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar, cast
@@ -37,6 +37,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 """Broker URL used when neither `url=` nor `APIAUTH_URL` is given (`apiauth serve`'s default)."""
 
 SECRETS_PATH = "/api/v1/secrets"
+FUNCTION_TOKENS_PATH = "/api/v1/function-tokens"
+DEFAULT_FUNCTION_TOKEN_TTL = 900
+"""Seconds a function token lives unless asked otherwise (the broker allows 1 to 86400)."""
 DEFAULT_TIMEOUT = 10.0
 """Seconds for the whole HTTP call to the broker."""
 
@@ -80,6 +83,10 @@ class BrokerUnavailable(ApiAuthError):
     """The broker could not be reached or gave an unusable answer."""
 
 
+class InvalidRequest(ApiAuthError, ValueError):
+    """The broker refused the values asked for (HTTP 422), e.g. a TTL out of range."""
+
+
 # --------------------------------------------------------------------------- types
 
 
@@ -119,6 +126,17 @@ class ProviderSecret:
             f", is_logged_in={self.is_logged_in!r}, expires_at={self.expires_at!r}"
             f", account={self.account!r}, extra_keys={sorted(self.extra)!r})"
         )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class FunctionToken:
+    """A short-lived token minted from a site token; put it in a build's `APIAUTH_TOKEN`."""
+
+    token: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"FunctionToken(token={_mask(self.token)!r}, expires_at={self.expires_at!r})"
 
 
 class Secrets(Mapping[str, ProviderSecret]):
@@ -360,7 +378,7 @@ def _transport_error(target: _Target, exc: Exception) -> BrokerUnavailable:
     return _unavailable(target, problem)
 
 
-def _handle(target: _Target, response: httpx.Response) -> Secrets:
+def _check_status(target: _Target, response: httpx.Response, expected: int = 200) -> None:
     status = response.status_code
     if status in (401, 403):
         raise Unauthorized(
@@ -377,8 +395,13 @@ def _handle(target: _Target, response: httpx.Response) -> Secrets:
             "set APIAUTH_URL to the final address",
             status,
         )
-    if status != 200:
+    if status != expected:
         raise _unavailable(target, f"unexpected HTTP status {status}", status)
+
+
+def _handle(target: _Target, response: httpx.Response) -> Secrets:
+    _check_status(target, response)
+    status = response.status_code
     try:
         return _parse_secrets(response.json())
     except _BadAnswerError as exc:
@@ -463,3 +486,74 @@ def with_secrets(func: Callable[..., _R]) -> Callable[..., _R]:
         return func(*args, **kwargs)
 
     return wrapper
+
+
+def _broker_message(target: _Target, response: httpx.Response) -> str:
+    """The broker's own explanation of a refusal, never echoing the token."""
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"
+    if not isinstance(message, str):
+        return f"HTTP {response.status_code}"
+    return message.replace(target.token, "…")[:500]
+
+
+def _parse_function_token(target: _Target, response: httpx.Response) -> FunctionToken:
+    status = response.status_code
+    if status == 403:
+        raise Unauthorized(
+            f"apiauth broker at {target.display_url} refused to mint a function token with the "
+            f"{target.token_kind}: {_broker_message(target, response)}",
+            url=target.display_url,
+            status_code=status,
+        )
+    if status == 422:
+        raise InvalidRequest(
+            f"apiauth broker at {target.display_url} refused the function token request: "
+            f"{_broker_message(target, response)}",
+            url=target.display_url,
+            status_code=status,
+        )
+    _check_status(target, response, expected=201)
+    try:
+        payload = response.json()
+        if not isinstance(payload, Mapping):
+            raise _BadAnswerError("the answer is not a JSON object")
+        token = payload.get("token")
+        expires_at = _parse_expires_at(payload.get("expires_at"), "function token")
+        if not isinstance(token, str) or not token or expires_at is None:
+            raise _BadAnswerError("no token or expires_at")
+    except _BadAnswerError as exc:
+        raise _unavailable(target, f"unexpected answer ({exc})", status) from None
+    except ValueError:  # json.JSONDecodeError, UnicodeDecodeError
+        raise _unavailable(target, "the answer is not JSON", status) from None
+    return FunctionToken(token=token, expires_at=expires_at)
+
+
+def create_function_token(
+    ttl_seconds: int = DEFAULT_FUNCTION_TOKEN_TTL,
+    providers: Sequence[str] | None = None,
+    *,
+    token: str | None = None,
+    url: str | None = None,
+) -> FunctionToken:
+    """Mint a short-lived function token from a site token, for one build or function.
+
+    The site token is `token=`, else `APIAUTH_TOKEN`; the broker `url=`, else `APIAUTH_URL`,
+    else `DEFAULT_URL`. `providers` limits what the new token reads (default: everything the
+    site token reads). It stops working after `ttl_seconds`, or sooner when the site token is
+    rotated or revoked.
+    """
+    target = _resolve(None, token, url)
+    body: dict[str, Any] = {"ttl_seconds": ttl_seconds}
+    if providers is not None:
+        body["providers"] = [providers] if isinstance(providers, str) else list(providers)
+    try:
+        with httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
+            response = http.post(
+                target.url + FUNCTION_TOKENS_PATH, json=body, headers=_headers(target)
+            )
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _transport_error(target, exc) from exc
+    return _parse_function_token(target, response)

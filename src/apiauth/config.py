@@ -62,10 +62,40 @@ class Settings(BaseSettings):
         description="A token that expires within this many seconds is refreshed before "
         "it is handed out.",
     )
+    validate_interval_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="How often a refreshable token without an expiry (Salesforce) is checked "
+        "at the provider's who-am-I endpoint; a refused token is refreshed.",
+    )
+    refresh_lease_seconds: int = Field(
+        default=60,
+        ge=1,
+        description="How long a process may hold a refresh before another may take it over "
+        "(a process that dies mid-refresh loses it after this).",
+    )
+    refresh_concurrency: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Refreshes the background refresher runs at once.",
+    )
     http_timeout_seconds: float = Field(
         default=10.0,
         gt=0,
         description="Timeout of each call apiauth makes to a provider.",
+    )
+    delivery_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Timeout of each deploy hook or webhook call; a slower receiver's "
+        "delivery is retried.",
+    )
+    delivery_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wait before retrying a failed deploy hook or webhook delivery; it "
+        "doubles with each failure (with jitter, at most an hour), 10 attempts in all.",
     )
     log_level: str = Field(default="INFO", description="Python logging level of the server.")
 

@@ -89,3 +89,9 @@ class InvalidGrant(ProviderError):
     """The provider refused the code or refresh token (`invalid_grant`): re-authorize."""
 
     code = "invalid_grant"
+
+
+class TokenRejected(ProviderError):
+    """The provider's API refused the access token (HTTP 401): refresh it or re-authorize."""
+
+    code = "token_rejected"

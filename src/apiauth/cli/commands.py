@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,10 +23,13 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
+from apiauth.client import DEFAULT_FUNCTION_TOKEN_TTL
 from apiauth.config import Settings
-from apiauth.domain import connections, key_rotation, members, oauth_apps, sites
+from apiauth.domain import audit, connections, key_rotation, members, oauth_apps, sites
 from apiauth.domain.broker import Broker, open_broker
+from apiauth.domain.token_store import CONNECTED
 
 app = typer.Typer(
     name="apiauth",
@@ -87,11 +94,42 @@ def serve(
         bool,
         typer.Option(help="Serve a provider emulator and send every provider to it (offline)."),
     ] = False,
+    refresher: Annotated[
+        bool,
+        typer.Option(help="Run the background refresher here (or in `apiauth refresher`)."),
+    ] = True,
 ) -> None:
     """Run the dashboard, the API and the refresher in one process."""
     from apiauth.server.run import run_server
 
-    run_server(Settings(), host=host, port=port, demo=demo)
+    run_server(Settings(), host=host, port=port, demo=demo, refresher=refresher)
+
+
+@app.command("refresher")
+def refresher_command() -> None:
+    """Run only the background refresher (for a separate worker process)."""
+    import logging
+    import signal
+
+    from apiauth.domain.refresher import Refresher
+
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    with broker_for_command() as broker:
+        worker = Refresher(broker)
+        worker.start()
+        err.print("Refresher running; Ctrl-C stops it.")
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        try:
+            stopped.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            worker.stop()
 
 
 @users_app.command("create")
@@ -158,6 +196,9 @@ def sites_create(
             webhook_url=webhook,
         )
     out.print(f"Created site [bold]{view.name}[/]. Next: `apiauth sites enable {view.name}`.")
+    if view.webhook_secret:
+        err.print("Webhook signing secret (shown once; verify `Apiauth-Signature` with it):")
+        out.print(view.webhook_secret, soft_wrap=True, highlight=False)
 
 
 @sites_app.command("list")
@@ -265,7 +306,7 @@ def connect(
                     outcome = "gave up waiting; run the command again"
                     break
                 time.sleep(0.5)
-        if outcome != connections.CONNECTED:
+        if outcome != CONNECTED:
             err.print(f"[red]Not connected:[/] {outcome}")
             raise typer.Exit(1)
         view = connections.get_connection(broker, _acting_member(broker, member), site, provider)
@@ -289,6 +330,19 @@ def connections_list(site: str, member: MemberOption = None) -> None:
             view.last_error or "",
         )
     out.print(table if views else f"{site} has no connections: `apiauth connect {site} PROVIDER`.")
+
+
+@connections_app.command("refresh")
+def connections_refresh(site: str, provider: str, member: MemberOption = None) -> None:
+    """Refresh a connection's token now, whatever its schedule says."""
+    with broker_for_command() as broker:
+        view = connections.refresh_site_connection(
+            broker, _acting_member(broker, member), site, provider
+        )
+    if view.last_error:
+        err.print(f"[red]Refresh failed:[/] {view.last_error}")
+        raise typer.Exit(1)
+    out.print(f"Refreshed {provider}; the token now expires {_when(view.expires_at)}.")
 
 
 @connections_app.command("delete")
@@ -328,6 +382,92 @@ def secrets(
             f"{bearer[:4]}…" if bearer else "",
         )
     out.print(table if len(found) else "No provider is connected to this site yet.")
+
+
+@app.command(
+    options_metavar="[OPTIONS] --",
+    # Everything from CMD on is CMD's own, options included (`-- python -c …`).
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+)
+def run(
+    command: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(
+            metavar="CMD [ARGS]",
+            help="The command to run, after `--`, with its arguments.",
+            show_default=False,
+        ),
+    ] = None,
+    ttl: Annotated[
+        int,
+        typer.Option(
+            "--ttl",
+            metavar="SECONDS",
+            help="Lifetime of the function token (1 to 86400 seconds).",
+        ),
+    ] = DEFAULT_FUNCTION_TOKEN_TTL,
+    provider: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--provider",
+            metavar="P",
+            help="A provider the command may read (repeat; default: all of the site's).",
+        ),
+    ] = None,
+) -> None:
+    """Run a build command with a fresh function token in APIAUTH_TOKEN.
+
+    Mints a short-lived function token from the site token in APIAUTH_TOKEN (at APIAUTH_URL),
+    then runs CMD with it in place of the site token, so the command never holds the
+    long-lived secret. CMD's exit status is passed through (127 when CMD is not found).
+
+    Example: apiauth run --ttl 600 --provider github -- npm run build
+    """
+    from apiauth.client import NotConfigured, create_function_token
+
+    if not command:
+        err.print(
+            "[red]error:[/] name the command to run after `--`, "
+            "e.g. `apiauth run -- npm run build` (see `apiauth run --help`)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    try:
+        minted = create_function_token(ttl, provider)
+    except NotConfigured:
+        raise NotConfigured(
+            "APIAUTH_TOKEN is not set: `apiauth run` mints a function token from the site "
+            "token, so set APIAUTH_TOKEN to it (`apiauth sites enable SITE` prints one)."
+        ) from None
+    env = {**os.environ, sites.ENV_VAR: minted.token}
+    raise typer.Exit(_run_child(command, env))
+
+
+def _run_child(command: list[str], env: dict[str, str]) -> int:
+    """Run CMD to its end with our stdin, stdout and stderr; its exit status, shell-style.
+
+    Ctrl-C reaches the child from the terminal itself, so we keep waiting for it to finish;
+    a SIGTERM sent to us alone (a CI runner cancelling) is passed on to it.
+    """
+    try:
+        child = subprocess.Popen(command, env=env)  # noqa: S603 - the user's own command
+    except FileNotFoundError:
+        err.print(f"[red]error:[/] command not found: {command[0]}", highlight=False)
+        return 127
+    except PermissionError:
+        err.print(f"[red]error:[/] permission denied: {command[0]}", highlight=False)
+        return 126
+    forward = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
+    try:
+        while True:
+            try:
+                code = child.wait()
+                break
+            except KeyboardInterrupt:
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, forward)
+    return 128 - code if code < 0 else code
 
 
 @apps_app.command("list")
@@ -415,6 +555,37 @@ def keys_rotate() -> None:
             f"Rotated {result.rewrapped} records to key {active}. The older keys in "
             "APIAUTH_MASTER_KEY can now be removed."
         )
+
+
+@app.command()
+def events(
+    site: str,
+    limit: Annotated[
+        int, typer.Option(min=1, max=audit.MAX_PAGE, help="How many events, newest first.")
+    ] = audit.DEFAULT_PAGE,
+    before: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Only events older than this event id (the next page)."),
+    ] = None,
+    member: MemberOption = None,
+) -> None:
+    """Show a site's audit log: changes, and every read of its secrets (never a token)."""
+    with broker_for_command() as broker:
+        page = audit.list_events(broker, _acting_member(broker, member), site, limit, before)
+    table = Table("id", "when", "event", "actor", "ip", "detail")
+    for event in page.events:
+        table.add_row(
+            str(event.id),
+            event.created_at.isoformat(timespec="seconds"),
+            event.kind,
+            event.actor,
+            event.ip or "",
+            # Text, not markup: a JSON list looks like a Rich style tag.
+            Text(json.dumps(event.detail, separators=(", ", ": "), default=str)),
+        )
+    out.print(table if page.events else f"{site} has no events yet.")
+    if page.next_before is not None:
+        err.print(f"Older events: `apiauth events {site} --before {page.next_before}`.")
 
 
 @db_app.command("upgrade")

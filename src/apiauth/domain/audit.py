@@ -1,13 +1,37 @@
-"""The audit log: who did what to a site's API Authentication. Never a token or secret."""
+"""The audit log: who did what to a site's API Authentication. Never a token or secret.
+
+Changes are recorded in the transaction that makes them (`record`). Reads of
+`/api/v1/secrets` are recorded off the read's critical path: into the broker's in-memory
+`AuditBuffer`, which the delivery worker writes in batches (at most about a second late) and
+at shutdown, and which `list_events` writes out before reading.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session, sessionmaker
 
+from apiauth.store.db import transaction
 from apiauth.store.models import AuditEvent
+
+if TYPE_CHECKING:
+    from apiauth.domain.broker import Broker
+    from apiauth.domain.members import MemberView
+    from apiauth.domain.sites import SiteCaller
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
 
 
 def record(
@@ -21,3 +45,154 @@ def record(
 ) -> None:
     """Add an event to the caller's transaction, so it lands exactly when the change does."""
     db.add(AuditEvent(site_id=site_id, kind=kind, actor=actor, detail=dict(detail or {}), ip=ip))
+
+
+class AuditBuffer:
+    """Audit events waiting to be written in a batch, so that recording one costs a request
+    nothing but an append. Bounded: if the database stays away, the oldest are dropped (and
+    the drop is logged) rather than the process's memory."""
+
+    batch_size = 200
+    max_delay_seconds = 1.0
+    capacity = 50_000
+
+    def __init__(self) -> None:
+        self._events: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._flushing = threading.Lock()
+        self._oldest_at: float | None = None
+        self.dropped = 0
+        # Called when the buffer stops being empty and when a batch is full: the delivery
+        # worker sets it to its wake-up.
+        self.wakeup: Callable[[], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def add(
+        self,
+        site_id: str,
+        kind: str,
+        actor: str,
+        detail: Mapping[str, Any],
+        *,
+        ip: str | None,
+        at: datetime,
+    ) -> None:
+        row = {
+            "site_id": site_id,
+            "kind": kind,
+            "actor": actor,
+            "detail": dict(detail),
+            "ip": ip,
+            "created_at": at,
+        }
+        with self._lock:
+            if len(self._events) >= self.capacity:
+                self._events.popleft()
+                self.dropped += 1
+            self._events.append(row)
+            if self._oldest_at is None:
+                self._oldest_at = time.monotonic()
+            count = len(self._events)
+        wakeup = self.wakeup
+        if wakeup is not None and (count == 1 or count >= self.batch_size):
+            wakeup()
+
+    def due_in(self) -> float | None:
+        """Seconds until the buffer should be written: None when empty, 0 when due."""
+        with self._lock:
+            if not self._events or self._oldest_at is None:
+                return None
+            if len(self._events) >= self.batch_size:
+                return 0.0
+            return max(0.0, self._oldest_at + self.max_delay_seconds - time.monotonic())
+
+    def flush(self, sessions: sessionmaker[Session]) -> int:
+        """Write every buffered event, in order, in batches; returns how many were written.
+        Events a failed write could not store go back to the front of the buffer."""
+        written = 0
+        with self._flushing:
+            while True:
+                with self._lock:
+                    batch = [
+                        self._events.popleft()
+                        for _ in range(min(self.batch_size, len(self._events)))
+                    ]
+                    self._oldest_at = time.monotonic() if self._events else None
+                if not batch:
+                    break
+                try:
+                    with transaction(sessions) as db:
+                        db.execute(insert(AuditEvent), batch)
+                except Exception:
+                    with self._lock:
+                        self._events.extendleft(reversed(batch))
+                        if self._oldest_at is None:
+                            self._oldest_at = time.monotonic()
+                    raise
+                written += len(batch)
+        if self.dropped:
+            log.warning("dropped %d audit events: the database was unavailable", self.dropped)
+            self.dropped = 0
+        return written
+
+
+def record_secrets_read(
+    broker: Broker, caller: SiteCaller, providers: Sequence[str], *, ip: str | None
+) -> None:
+    """Note a read of `/api/v1/secrets`: which providers, by which token id (never the
+    token), from where."""
+    broker.audit_buffer.add(
+        caller.site_id,
+        "secrets.read",
+        f"{caller.kind} token",
+        {"providers": list(providers), "token_id": caller.token_id, "token_kind": caller.kind},
+        ip=ip,
+        at=broker.clock(),
+    )
+
+
+@dataclass(frozen=True)
+class EventView:
+    id: int
+    kind: str
+    actor: str
+    detail: Mapping[str, Any]
+    ip: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """Newest first; `next_before` is the `before` of the next (older) page, if any."""
+
+    events: list[EventView]
+    next_before: int | None
+
+
+def list_events(
+    broker: Broker,
+    member: MemberView,
+    site_name: str,
+    limit: int = DEFAULT_PAGE,
+    before: int | None = None,
+) -> EventPage:
+    """A page of a site's audit log, newest first, older pages through `before`."""
+    # sites imports this module to record its changes.
+    from apiauth.domain.sites import find_site
+
+    limit = max(1, min(limit, MAX_PAGE))
+    broker.audit_buffer.flush(broker.sessions)
+    with broker.sessions() as db:
+        site = find_site(db, member.team_id, site_name)
+        query = select(AuditEvent).where(AuditEvent.site_id == site.id)
+        if before is not None:
+            query = query.where(AuditEvent.id < before)
+        rows = list(db.scalars(query.order_by(AuditEvent.id.desc()).limit(limit + 1)))
+    events = [
+        EventView(row.id, row.kind, row.actor, dict(row.detail), row.ip, row.created_at)
+        for row in rows[:limit]
+    ]
+    next_before = events[-1].id if len(rows) > limit else None
+    return EventPage(events, next_before)

@@ -7,16 +7,22 @@ functions; it holds no per-request state, so any number of replicas can share a 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
-from threading import Lock
+from threading import Event, Lock
+from typing import Any
 
 import httpx
 from sqlalchemy import Engine, delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from apiauth.config import Settings, oauth_app_from_env
+from apiauth.domain.audit import AuditBuffer
 from apiauth.emulator import demo_client
 from apiauth.oauth.protocol import ClientCredentials
 from apiauth.providers import Catalog, load_catalog
@@ -37,8 +43,17 @@ class Broker:
     http: httpx.Client
     default_apps: Mapping[str, ClientCredentials]
     clock: Callable[[], datetime] = utcnow
-    refresh_locks: dict[str, Lock] = field(default_factory=dict)
-    refresh_locks_guard: Lock = field(default_factory=Lock)
+    # Who holds a refresh lease: unique per process, readable in the database.
+    worker_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+    )
+    # Refreshes in flight in this process, by connection id: concurrent readers share one.
+    inflight: dict[str, Future[Any]] = field(default_factory=dict)
+    inflight_lock: Lock = field(default_factory=Lock)
+    # Set when a connection's refresh time may have moved earlier: the refresher wakes.
+    refresh_wakeup: Event = field(default_factory=Event)
+    # Secrets reads waiting to be written to the audit log by the delivery worker.
+    audit_buffer: AuditBuffer = field(default_factory=AuditBuffer)
 
     def close(self) -> None:
         self.http.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,10 +18,18 @@ from apiauth.domain import audit, deliveries
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView
 from apiauth.domain.oauth_apps import client_for
+from apiauth.domain.refresh import is_due_for_reader, is_refreshable, refresh_connection
 from apiauth.domain.sites import SiteCaller, find_site
 from apiauth.domain.token_format import hash_token
+from apiauth.domain.token_store import (
+    CONNECTED,
+    NEEDS_REAUTH,
+    lock_connection,
+    open_token,
+    put_token,
+)
 from apiauth.errors import (
-    InvalidGrant,
+    Conflict,
     InvalidInput,
     NotFound,
     OAuthFlowError,
@@ -41,10 +48,6 @@ STATE_TTL = timedelta(minutes=10)
 MAX_SCOPES = 100
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]{1,200}$")
-
-CONNECTED = "connected"
-REFRESHING = "refreshing"
-NEEDS_REAUTH = "needs_reauth"
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,14 @@ def start_connection(
     return AuthorizationStart(url, state_id, now + STATE_TTL)
 
 
+def _back_to_start(row: AuthState, message: str) -> OAuthFlowError:
+    """A known but spent state still knows the page its flow started from: send the person
+    back there with the message instead of to a bare error page."""
+    failure = OAuthFlowError(message)
+    failure.return_to = row.return_to
+    return failure
+
+
 def _claim_state(broker: Broker, state: str) -> tuple[AuthState, str | None]:
     """Mark the state used, exactly once, whatever happens next; hand out its PKCE verifier
     and erase it, since a used state's verifier is of no use to anyone."""
@@ -222,12 +233,14 @@ def _claim_state(broker: Broker, state: str) -> tuple[AuthState, str | None]:
                 "this authorization link is not known here: start the connection again"
             )
         if row.used_at is not None:
-            raise OAuthFlowError(
-                "this authorization link was used already: start the connection again"
+            raise _back_to_start(
+                row, "this authorization link was used already: start the connection again"
             )
         if row.expires_at <= now:
-            raise OAuthFlowError(
-                "this authorization link expired (they last 10 minutes): start the connection again"
+            raise _back_to_start(
+                row,
+                "this authorization link expired (they last 10 minutes): "
+                "start the connection again",
             )
         verifier = (
             broker.vault.open_text(
@@ -299,6 +312,7 @@ def complete_authorization(
         failure.return_to = auth_state.return_to
         raise failure from exc
     _record_outcome(broker, auth_state.id, CONNECTED)
+    broker.refresh_wakeup.set()
     return CompletedAuthorization(site_name, view, auth_state.return_to)
 
 
@@ -313,7 +327,7 @@ def _store_new_token(
     in place: the old token serves until this commit."""
     now = broker.clock()
     with transaction(broker.sessions) as db:
-        connection = _lock_connection(
+        connection = lock_connection(
             db,
             select(Connection).where(
                 Connection.site_id == auth_state.site_id,
@@ -335,9 +349,12 @@ def _store_new_token(
         connection.granted_scopes = list(token.granted_scopes)
         connection.account_id = account_id
         connection.account_login = account_login
-        _put_token(broker, connection, token, now)
+        put_token(broker, connection, token, now)
         connection.last_refreshed_at = None
         connection.last_error = None
+        connection.failure_count = 0
+        connection.claimed_by = None
+        connection.claim_expires_at = None
         connection.version = (connection.version or 0) + 1
         connection.updated_at = now
         db.flush()
@@ -359,32 +376,6 @@ def _actor(db: Session, member_id: str | None) -> str:
         return "system"
     member = db.get(Member, member_id)
     return member.email if member else "deleted member"
-
-
-def _put_token(broker: Broker, connection: Connection, token: TokenSet, now: datetime) -> None:
-    connection.token_enc = broker.vault.seal_json(token.to_json(), _token_aad(connection.id))
-    connection.expires_at = token.expires_at
-    margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
-    connection.refresh_due_at = (
-        token.expires_at - margin if token.expires_at and token.refresh_token else None
-    )
-
-
-def _open_token(broker: Broker, connection: Connection) -> TokenSet | None:
-    if connection.token_enc is None:
-        return None
-    return TokenSet.from_json(
-        broker.vault.open_json(connection.token_enc, _token_aad(connection.id))
-    )
-
-
-def _lock_connection(db: Session, query: Any) -> Connection | None:
-    """Read a connection row for update: a row lock on PostgreSQL; SQLite has one writer."""
-    bind = db.get_bind()
-    if bind.dialect.name != "sqlite":
-        query = query.with_for_update()
-    result: Connection | None = db.scalar(query)
-    return result
 
 
 def list_connections(broker: Broker, member: MemberView, site_name: str) -> list[ConnectionView]:
@@ -430,7 +421,7 @@ def delete_connection(broker: Broker, member: MemberView, site_name: str, provid
         )
         if connection is None:
             raise NotFound(f"{site_name!r} has no {provider} connection")
-        token = _open_token(broker, connection)
+        token = open_token(broker, connection)
     revoked = False
     catalog_entry = broker.catalog.get(provider)
     if token is not None and catalog_entry is not None:
@@ -458,17 +449,13 @@ def read_secrets(broker: Broker, caller: SiteCaller) -> dict[str, SecretView]:
         if caller.providers is not None:
             query = query.where(Connection.provider.in_(caller.providers))
         connections = list(db.scalars(query.order_by(Connection.provider)))
-    margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
+    due = is_due_for_reader(broker)
     answer: dict[str, SecretView] = {}
     for connection in connections:
-        token = _open_token(broker, connection)
-        if (
-            token is not None
-            and token.refresh_token
-            and connection.status != NEEDS_REAUTH
-            and token.expires_within(margin, broker.clock())
-        ):
-            connection, token = _refresh(broker, connection.id)
+        token = open_token(broker, connection)
+        if due(connection, token, broker.clock()):
+            refreshed = refresh_connection(broker, connection.id, due)
+            connection, token = refreshed.connection, refreshed.token
         answer[connection.provider] = _secret(broker, connection, token)
     return answer
 
@@ -493,56 +480,21 @@ def _secret(broker: Broker, connection: Connection, token: TokenSet | None) -> S
     )
 
 
-def _refresh_lock(broker: Broker, connection_id: str) -> threading.Lock:
-    with broker.refresh_locks_guard:
-        return broker.refresh_locks.setdefault(connection_id, threading.Lock())
-
-
-def _refresh(broker: Broker, connection_id: str) -> tuple[Connection, TokenSet | None]:
-    """Refresh one connection under its lock; whoever waited for the lock finds the fresh
-    token and does not refresh again (a rotating refresh token is never sent twice)."""
-    margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
-    with _refresh_lock(broker, connection_id), transaction(broker.sessions) as db:
-        connection = _lock_connection(db, select(Connection).where(Connection.id == connection_id))
+def refresh_site_connection(
+    broker: Broker, member: MemberView, site_name: str, provider: str
+) -> ConnectionView:
+    """A person asked for a refresh now: done whatever the schedule or backoff says."""
+    with broker.sessions() as db:
+        site = find_site(db, member.team_id, site_name)
+        connection = db.scalar(
+            select(Connection).where(Connection.site_id == site.id, Connection.provider == provider)
+        )
         if connection is None:
-            raise NotFound("the connection was deleted")
-        token = _open_token(broker, connection)
-        now = broker.clock()
-        if token is None or not token.refresh_token or not token.expires_within(margin, now):
-            return connection, token
-        provider = provider_named(broker, connection.provider)
-        site = db.get(Site, connection.site_id)
-        assert site is not None
-        try:
-            fresh = protocol.refresh_token_set(
-                broker.http,
-                provider,
-                client_for(broker, site.team_id, provider.name),
-                token,
-                now=now,
-            )
-        except InvalidGrant as exc:
-            connection.status = NEEDS_REAUTH
-            connection.last_error = exc.message
-            audit.record(
-                db, site.id, "connection.needs_reauth", "refresher", {"provider": provider.name}
-            )
-            return connection, token
-        except ProviderError as exc:
-            connection.last_error = exc.message
-            audit.record(
-                db,
-                site.id,
-                "connection.refresh_failed",
-                "refresher",
-                {"provider": provider.name, "error": exc.message},
-            )
-            return connection, token
-        _put_token(broker, connection, fresh, now)
-        connection.granted_scopes = list(fresh.granted_scopes)
-        connection.status = CONNECTED
-        connection.last_refreshed_at = now
-        connection.last_error = None
-        connection.version += 1
-        audit.record(db, site.id, "connection.refreshed", "refresher", {"provider": provider.name})
-        return connection, fresh
+            raise NotFound(f"{site_name!r} has no {provider} connection")
+        token = open_token(broker, connection)
+    if connection.status == NEEDS_REAUTH:
+        raise Conflict(f"the {provider} connection needs re-authorization: connect it again")
+    if token is None or token.refresh_token is None:
+        raise Conflict(f"{provider} gave no refresh token: its token cannot be refreshed")
+    refreshed = refresh_connection(broker, connection.id, is_refreshable, check_first=False)
+    return _view(refreshed.connection)

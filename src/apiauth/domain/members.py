@@ -12,7 +12,13 @@ from sqlalchemy.orm import Session
 
 from apiauth.domain.broker import Broker
 from apiauth.domain.token_format import TokenKind, generate_token, hash_token, token_kind
-from apiauth.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
+from apiauth.errors import (
+    AuthenticationFailed,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+)
 from apiauth.store.db import transaction
 from apiauth.store.models import Member, PersonalToken, Team, new_id
 
@@ -177,3 +183,69 @@ def authenticate_personal_token(broker: Broker, token: str) -> MemberView:
 def member_count(broker: Broker) -> int:
     with broker.sessions() as db:
         return db.scalar(select(func.count(Member.id))) or 0
+
+
+def require_owner(member: MemberView, action: str) -> None:
+    """Owners manage the team (OAuth apps, members); `action` completes "Only team owners can"."""
+    if member.role != "owner":
+        raise PermissionDenied(f"Only team owners can {action}; ask an owner of {member.team_name}")
+
+
+def list_members(broker: Broker, member: MemberView) -> list[MemberView]:
+    """The members of the caller's team, oldest first."""
+    with broker.sessions() as db:
+        team = db.get(Team, member.team_id)
+        if team is None:
+            raise NotFound("the team no longer exists")
+        rows = db.scalars(
+            select(Member).where(Member.team_id == team.id).order_by(Member.created_at)
+        )
+        return [_view(row, team) for row in rows]
+
+
+def add_member(
+    broker: Broker, owner: MemberView, email: str, password: str, role: str = "member"
+) -> MemberView:
+    """An owner adds someone to their own team, with a first password to pass on."""
+    require_owner(owner, "add members")
+    return create_member(broker, email, password, role=role, team_name=owner.team_name)
+
+
+def _team_member(db: Session, owner: MemberView, member_id: str) -> Member:
+    row = db.scalar(select(Member).where(Member.id == member_id, Member.team_id == owner.team_id))
+    if row is None:
+        raise NotFound("no such member in this team")
+    return row
+
+
+def _other_owners(db: Session, team_id: str, member_id: str) -> int:
+    return (
+        db.scalar(
+            select(func.count(Member.id)).where(
+                Member.team_id == team_id, Member.role == "owner", Member.id != member_id
+            )
+        )
+        or 0
+    )
+
+
+def set_role(broker: Broker, owner: MemberView, member_id: str, role: str) -> None:
+    """Change a member's role; a team always keeps at least one owner."""
+    require_owner(owner, "change roles")
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    with transaction(broker.sessions) as db:
+        row = _team_member(db, owner, member_id)
+        if row.role == "owner" and role != "owner" and not _other_owners(db, row.team_id, row.id):
+            raise Conflict("a team needs at least one owner: make someone else owner first")
+        row.role = role
+
+
+def remove_member(broker: Broker, owner: MemberView, member_id: str) -> None:
+    """Remove a member (their sessions and tokens go with them); never the last owner."""
+    require_owner(owner, "remove members")
+    with transaction(broker.sessions) as db:
+        row = _team_member(db, owner, member_id)
+        if row.role == "owner" and not _other_owners(db, row.team_id, row.id):
+            raise Conflict("a team needs at least one owner: make someone else owner first")
+        db.delete(row)

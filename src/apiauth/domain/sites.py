@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from apiauth.domain import audit, deliveries
 from apiauth.domain.broker import Broker
@@ -33,6 +33,8 @@ class SiteView:
     created_at: datetime
     connection_count: int
     needs_attention: int
+    # Only in the answer that gave the site a webhook URL: shown once, then only sealed.
+    webhook_secret: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,9 +114,10 @@ def create_site(
             api_auth_enabled=False,
         )
         db.add(site)
+        secret = _new_webhook_secret(broker, site) if site.webhook_url else None
         db.flush()
         audit.record(db, site.id, "site.created", member.email)
-        return _view(db, site)
+        return replace(_view(db, site), webhook_secret=secret)
 
 
 def list_sites(broker: Broker, member: MemberView) -> list[SiteView]:
@@ -144,11 +147,24 @@ def update_site(
         if deploy_hook_url is not _UNSET:
             assert deploy_hook_url is None or isinstance(deploy_hook_url, str)
             site.deploy_hook_url = validate_hook_url(deploy_hook_url, "deploy hook URL")
+        secret = None
         if webhook_url is not _UNSET:
             assert webhook_url is None or isinstance(webhook_url, str)
-            site.webhook_url = validate_hook_url(webhook_url, "webhook URL")
+            new_url = validate_hook_url(webhook_url, "webhook URL")
+            if new_url is None:
+                site.webhook_secret_enc = None
+            elif new_url != site.webhook_url or site.webhook_secret_enc is None:
+                secret = _new_webhook_secret(broker, site)
+            site.webhook_url = new_url
         audit.record(db, site.id, "site.updated", member.email)
-        return _view(db, site)
+        return replace(_view(db, site), webhook_secret=secret)
+
+
+def _new_webhook_secret(broker: Broker, site: Site) -> str:
+    """A new signing secret for the site's webhooks, stored sealed; the caller shows it once."""
+    secret = deliveries.new_webhook_secret()
+    site.webhook_secret_enc = broker.vault.seal_text(secret, deliveries.webhook_secret_aad(site.id))
+    return secret
 
 
 def delete_site(broker: Broker, member: MemberView, name: str) -> None:
@@ -224,18 +240,26 @@ def authenticate_site_token(broker: Broker, token: str) -> SiteCaller:
     if token_kind(token) not in (TokenKind.SITE, TokenKind.FUNCTION):
         raise failure
     now = broker.clock()
+    parent = aliased(SiteToken)
     with broker.sessions() as db:
         row = db.execute(
-            select(SiteToken, Site)
+            select(SiteToken, Site, parent)
             .join(Site, Site.id == SiteToken.site_id)
+            .outerjoin(parent, parent.id == SiteToken.parent_id)
             .where(SiteToken.token_hash == hash_token(token))
         ).first()
     if row is None:
         raise failure
-    site_token, site = row
-    if site_token.revoked_at is not None or not site.api_auth_enabled:
-        raise failure
-    if site_token.expires_at is not None and site_token.expires_at <= now:
+    site_token, site, parent_token = row
+    # A function token lives only as long as the site token it was minted from, whether or
+    # not the revocation reached its own row.
+    chain = [site_token] if site_token.kind == "site" else [site_token, parent_token]
+    for link in chain:
+        if link is None or link.revoked_at is not None:
+            raise failure
+        if link.expires_at is not None and link.expires_at <= now:
+            raise failure
+    if not site.api_auth_enabled:
         raise failure
     providers = tuple(site_token.providers) if site_token.providers is not None else None
     return SiteCaller(site.id, site.name, site_token.id, site_token.kind, providers)

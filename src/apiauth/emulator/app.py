@@ -9,6 +9,7 @@ for tests.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -34,6 +35,7 @@ from apiauth.providers import Catalog, Provider
 __all__ = ["create_emulator_app", "demo_client"]
 
 Endpoint = Literal["authorize", "token", "userinfo", "revoke"]
+ENDPOINTS = ("authorize", "token", "userinfo", "revoke")
 
 
 def demo_client(provider: str) -> tuple[str, str]:
@@ -59,8 +61,7 @@ def create_emulator_app(
         routes=[
             Route("/_admin/stats", emulator.admin_stats, methods=["GET"]),
             Route("/_admin/reset", emulator.admin_reset, methods=["POST"]),
-            # Fault injection: `POST /_admin/faults` goes here, feeding
-            # `EmulatorState.add_fault()`; the endpoints below already honour queued faults.
+            Route("/_admin/faults", emulator.admin_faults, methods=["POST"]),
             Route(
                 "/{provider}/{rest:path}",
                 emulator.dispatch,
@@ -171,6 +172,26 @@ class _Emulator:
         self.state.reset()
         return JSONResponse({"reset": True})
 
+    async def admin_faults(self, request: Request) -> Response:
+        """Queue a fault: `{"provider", "endpoint": "authorize|token|userinfo|revoke",
+        "status": int|null, "body": {}, "headers": {}, "delay_seconds": 0, "times": 1}`."""
+        try:
+            spec = json.loads(await request.body())
+            provider, endpoint = spec["provider"], spec["endpoint"]
+            fault = Fault(
+                status=None if spec.get("status") is None else int(spec["status"]),
+                body=dict(spec.get("body") or {}),
+                headers={str(k): str(v) for k, v in (spec.get("headers") or {}).items()},
+                delay_seconds=float(spec.get("delay_seconds") or 0.0),
+            )
+            times = int(spec.get("times", 1))
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad fault: {exc}"}, 400)
+        if provider not in self.catalog or endpoint not in ENDPOINTS:
+            return JSONResponse({"error": "unknown provider or endpoint"}, 400)
+        self.state.add_fault(provider, endpoint, fault, times)
+        return JSONResponse({"queued": times})
+
     # --- routing -------------------------------------------------------------------------
 
     async def dispatch(self, request: Request) -> Response:
@@ -188,7 +209,10 @@ class _Emulator:
             return _not_found(f"{provider.display_name} (emulated) has no endpoint /{rest}.")
         fault = self.state.next_fault(name, route.endpoint)
         if fault is not None:
-            return _fault_response(fault)
+            if fault.delay_seconds:
+                await asyncio.sleep(fault.delay_seconds)
+            if fault.status is not None:
+                return _fault_response(fault)
         dialect = dialect_for(provider)
         if route.endpoint == "authorize":
             return await self.authorize(request, provider)
@@ -560,4 +584,4 @@ def _consent_error(provider: Provider, message: str) -> Response:
 
 
 def _fault_response(fault: Fault) -> Response:
-    return JSONResponse(fault.body, fault.status, headers=fault.headers)
+    return JSONResponse(fault.body, fault.status or 200, headers=fault.headers)

@@ -28,6 +28,7 @@ STAT_NAMES = (
     "userinfo_ok",
     "userinfo_rejected",
     "revocations",
+    "faults_served",
 )
 
 CODE_LIFETIME = 600.0
@@ -79,11 +80,15 @@ class _RefreshToken:
 
 @dataclass(frozen=True)
 class Fault:
-    """A canned answer an endpoint gives instead of its real one (fault injection)."""
+    """What an endpoint does instead of answering at once (fault injection): wait
+    `delay_seconds` (a slow or hanging provider), then answer `status` with `body` — or, when
+    `status` is None, answer as usual after the wait (a request that was processed although
+    its caller may have died waiting)."""
 
-    status: int
+    status: int | None
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    delay_seconds: float = 0.0
 
 
 def s256(verifier: str) -> str:
@@ -102,9 +107,8 @@ class EmulatorState:
         self._access: dict[str, _AccessToken] = {}
         self._refresh: dict[str, _RefreshToken] = {}
         self._stats: dict[str, dict[str, int]] = {}
-        # --- Fault injection ---------------------------------------------------------
-        # A later task adds `POST /_admin/faults`, which calls `add_fault()`. Every provider
-        # endpoint already asks `next_fault()` first and, if it gets one, answers with it.
+        # Fault injection: `POST /_admin/faults` queues faults; every provider endpoint asks
+        # `next_fault()` first and, if it gets one, behaves as the fault says.
         self._faults: dict[tuple[str, str], list[Fault]] = {}
         self.reset()
 
@@ -138,7 +142,10 @@ class EmulatorState:
     def next_fault(self, provider: str, endpoint: str) -> Fault | None:
         with self._lock:
             queue = self._faults.get((provider, endpoint))
-            return queue.pop(0) if queue else None
+            if not queue:
+                return None
+            self._stats[provider]["faults_served"] += 1
+            return queue.pop(0)
 
     # --- authorization codes -------------------------------------------------------------
 

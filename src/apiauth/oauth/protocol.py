@@ -21,7 +21,7 @@ from authlib.oauth2.auth import ClientAuth
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
-from apiauth.errors import InvalidGrant, ProviderError
+from apiauth.errors import InvalidGrant, ProviderError, TokenRejected
 from apiauth.oauth.token_set import TokenSet
 from apiauth.providers import Provider
 
@@ -108,6 +108,16 @@ def fetch_account(
     url = _fill(provider.userinfo_url, token.extra)
     headers = {"Authorization": f"Bearer {token.access_token}", "Accept": "application/json"}
     response = _send(http, provider, "GET", url, headers=headers, action="read the account")
+    if response.status_code == 401:
+        raise TokenRejected(
+            f"{provider.display_name} refused the token at its who-am-I endpoint (HTTP 401)"
+        )
+    if response.status_code == 429:
+        raise ProviderError(
+            f"{provider.display_name} limits calls to its who-am-I endpoint (HTTP 429)",
+            transient=True,
+            retry_after=_retry_after(response),
+        )
     if response.status_code != 200:
         raise ProviderError(
             f"{provider.display_name} refused the new token at its who-am-I endpoint "

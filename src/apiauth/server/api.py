@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
-from apiauth.domain import connections, sites
+from apiauth.domain import audit, connections, function_tokens, sites
 from apiauth.domain.oauth_apps import list_oauth_apps
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
 from apiauth.server.schemas import (
@@ -15,6 +15,9 @@ from apiauth.server.schemas import (
     ConnectionOut,
     DeletedConnectionOut,
     ErrorResponse,
+    EventPageOut,
+    FunctionTokenCreate,
+    FunctionTokenOut,
     ProviderOut,
     ProviderSecretOut,
     ScopeOut,
@@ -22,6 +25,7 @@ from apiauth.server.schemas import (
     SiteOut,
     SiteTokenOut,
     SiteUpdate,
+    SiteWithSecretOut,
 )
 
 _errors: dict[int | str, dict[str, Any]] = {
@@ -51,8 +55,8 @@ def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
 
 
 @router.post("/sites", status_code=status.HTTP_201_CREATED, tags=["sites"])
-def create_site(body: SiteCreate, broker: BrokerDep, member: MemberDep) -> SiteOut:
-    return SiteOut.of(
+def create_site(body: SiteCreate, broker: BrokerDep, member: MemberDep) -> SiteWithSecretOut:
+    return SiteWithSecretOut.of(
         sites.create_site(
             broker,
             member,
@@ -74,9 +78,11 @@ def get_site(site: str, broker: BrokerDep, member: MemberDep) -> SiteOut:
 
 
 @router.patch("/sites/{site}", tags=["sites"])
-def update_site(site: str, body: SiteUpdate, broker: BrokerDep, member: MemberDep) -> SiteOut:
+def update_site(
+    site: str, body: SiteUpdate, broker: BrokerDep, member: MemberDep
+) -> SiteWithSecretOut:
     changes = body.model_dump(exclude_unset=True)
-    return SiteOut.of(sites.update_site(broker, member, site, **changes))
+    return SiteWithSecretOut.of(sites.update_site(broker, member, site, **changes))
 
 
 @router.delete("/sites/{site}", status_code=status.HTTP_204_NO_CONTENT, tags=["sites"])
@@ -132,7 +138,46 @@ def delete_connection(
     return DeletedConnectionOut(provider=provider, revoked_at_provider=revoked)
 
 
+@router.post("/sites/{site}/connections/{provider}/refresh", tags=["connections"])
+def refresh_connection(
+    site: str, provider: str, broker: BrokerDep, member: MemberDep
+) -> ConnectionOut:
+    """Refresh the connection's token now; `last_error` says if the provider refused."""
+    return ConnectionOut.of(connections.refresh_site_connection(broker, member, site, provider))
+
+
 @router.get("/secrets", tags=["secrets"], response_model=dict[str, ProviderSecretOut])
-def read_secrets(broker: BrokerDep, caller: SiteDep) -> dict[str, Any]:
+def read_secrets(request: Request, broker: BrokerDep, caller: SiteDep) -> dict[str, Any]:
     """Every connected provider of the token's site, tokens refreshed first when due."""
-    return {name: view.to_json() for name, view in connections.read_secrets(broker, caller).items()}
+    found = connections.read_secrets(broker, caller)
+    audit.record_secrets_read(broker, caller, list(found), ip=_client_ip(request))
+    return {name: view.to_json() for name, view in found.items()}
+
+
+@router.post("/function-tokens", status_code=status.HTTP_201_CREATED, tags=["secrets"])
+def mint_function_token(
+    request: Request, body: FunctionTokenCreate, broker: BrokerDep, caller: SiteDep
+) -> FunctionTokenOut:
+    """With a site token: a short-lived token for one build or function, optionally limited
+    to some providers. It stops working when it expires or the site token is rotated."""
+    token, expires_at = function_tokens.mint_function_token(
+        broker, caller, body.ttl_seconds, body.providers, ip=_client_ip(request)
+    )
+    return FunctionTokenOut(token=token, expires_at=expires_at)
+
+
+def _client_ip(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+@router.get("/sites/{site}/events", tags=["sites"])
+def list_events(
+    site: str,
+    broker: BrokerDep,
+    member: MemberDep,
+    limit: Annotated[int, Query(ge=1, le=audit.MAX_PAGE)] = audit.DEFAULT_PAGE,
+    before: Annotated[int | None, Query(ge=1, description="Older events than this id.")] = None,
+) -> EventPageOut:
+    """The site's audit log, newest first: changes, and every read of its secrets (which
+    providers, which token id, from which IP; never a token)."""
+    return EventPageOut.of(audit.list_events(broker, member, site, limit, before))

@@ -27,6 +27,7 @@ from apiauth.domain.broker import Broker
 from apiauth.emulator import create_emulator_app
 from apiauth.errors import ApiAuthServerError, OAuthFlowError
 from apiauth.server.api import router
+from apiauth.server.dashboard import install_dashboard
 from apiauth.server.schemas import Health
 from apiauth.server.workers import background_workers
 from apiauth.store.db import schema_is_current
@@ -65,12 +66,15 @@ def _with_query(path: str, **params: str) -> str:
     return path + separator + urlencode(params)
 
 
-def create_app(broker: Broker, *, demo: bool = False, workers: bool = True) -> FastAPI:
-    """The application; with `workers`, the background workers run while it does."""
+def create_app(
+    broker: Broker, *, demo: bool = False, workers: bool = True, refresher: bool = True
+) -> FastAPI:
+    """The application; with `workers`, the background workers (the refresher unless told
+    not to, and the delivery of hooks) run while it does."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        running = background_workers(broker) if workers else []
+        running = background_workers(broker, refresher=refresher) if workers else []
         for worker in running:
             worker.start()
         try:
@@ -190,6 +194,7 @@ def create_app(broker: Broker, *, demo: bool = False, workers: bool = True) -> F
         )
 
     app.include_router(router)
+    install_dashboard(app)
 
     if demo:
         emulator_base = broker.settings.public_url.rstrip("/") + "/_emulator"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from apiauth.domain.audit import EventPage, EventView
 from apiauth.domain.connections import ConnectionView
+from apiauth.domain.function_tokens import DEFAULT_TTL_SECONDS, MAX_PROVIDERS
 from apiauth.domain.sites import SiteView
 
 
@@ -47,13 +49,30 @@ class SiteOut(BaseModel):
     needs_attention: int
 
     @classmethod
-    def of(cls, view: SiteView) -> SiteOut:
+    def of(cls, view: SiteView) -> Self:
         return cls.model_validate(view)
 
 
 class SiteTokenOut(BaseModel):
     env_var: str = "APIAUTH_TOKEN"
     token: str
+
+
+class FunctionTokenCreate(Strict):
+    ttl_seconds: int = Field(
+        default=DEFAULT_TTL_SECONDS, description="Lifetime, 1 to 86400 seconds.", examples=[900]
+    )
+    providers: list[str] | None = Field(
+        default=None,
+        max_length=MAX_PROVIDERS,
+        description="Providers the token may read (default: every provider of the site).",
+        examples=[["github"]],
+    )
+
+
+class FunctionTokenOut(BaseModel):
+    token: str
+    expires_at: datetime
 
 
 class ScopeOut(BaseModel):
@@ -129,3 +148,43 @@ class ProviderSecretOut(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class SiteWithSecretOut(SiteOut):
+    """A site as created or changed: with the webhook signing secret when this call gave
+    the site one (shown once; `null` otherwise)."""
+
+    webhook_secret: str | None = Field(
+        default=None,
+        description="Signing secret of the site's webhooks (`Apiauth-Signature` header); "
+        "only in the answer that issued it.",
+    )
+
+
+class EventOut(BaseModel):
+    id: int
+    kind: str
+    actor: str
+    detail: dict[str, Any]
+    ip: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, view: EventView) -> EventOut:
+        return cls(
+            id=view.id,
+            kind=view.kind,
+            actor=view.actor,
+            detail=dict(view.detail),
+            ip=view.ip,
+            created_at=view.created_at,
+        )
+
+
+class EventPageOut(BaseModel):
+    events: list[EventOut]
+    next_before: int | None = Field(description="Pass as `before` for the next, older page.")
+
+    @classmethod
+    def of(cls, page: EventPage) -> EventPageOut:
+        return cls(events=[EventOut.of(e) for e in page.events], next_before=page.next_before)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from apiauth.domain.broker import Broker
+from apiauth.domain.delivery_worker import DeliveryWorker
+from apiauth.domain.refresher import Refresher
 
 
 class Worker(Protocol):
@@ -15,5 +17,8 @@ class Worker(Protocol):
         """Ask the worker to finish and wait (briefly) until it has."""
 
 
-def background_workers(broker: Broker) -> list[Worker]:
-    return []
+def background_workers(broker: Broker, *, refresher: bool = True) -> list[Worker]:
+    workers: list[Worker] = [DeliveryWorker(broker)]
+    if refresher:
+        workers.append(Refresher(broker))
+    return workers

@@ -1,0 +1,115 @@
+"""The delivery worker: a thread that sends the outbox (deploy hooks and webhooks) and writes
+the buffered audit events.
+
+It sleeps until the earliest undelivered delivery is due, woken sooner when this process
+enqueues one (`deliveries.subscribe`) or buffers an audit event; idle, it looks every
+`IDLE_RECHECK_SECONDS` for rows other processes enqueued. Deliveries are POSTed by a small
+pool of threads, and only as many are claimed as the pool has room for, so a claimed lease
+never waits in a queue: a slow receiver occupies a pool thread, never a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from apiauth.domain import deliveries
+from apiauth.domain.broker import Broker
+from apiauth.domain.deliveries import DueDelivery
+
+log = logging.getLogger(__name__)
+
+IDLE_RECHECK_SECONDS = 30.0
+ERROR_PAUSE_SECONDS = 5.0
+CONCURRENCY = 4
+STOP_WAIT_SECONDS = 2.0
+
+
+class DeliveryWorker:
+    def __init__(self, broker: Broker, *, concurrency: int = CONCURRENCY) -> None:
+        self.broker = broker
+        self.concurrency = concurrency
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="apiauth-delivery")
+        self._in_flight = 0
+        self._in_flight_changed = threading.Condition()
+
+    def start(self) -> None:
+        deliveries.subscribe(self.broker.engine, self._wake.set)
+        self.broker.audit_buffer.wakeup = self._wake.set
+        self._thread = threading.Thread(target=self._run, name="apiauth-deliveries", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop claiming, give deliveries in flight a moment, and write the audit buffer.
+        A delivery still in flight afterwards keeps its lease and is retried when it ends."""
+        self._stopping.set()
+        self._wake.set()
+        deliveries.unsubscribe(self.broker.engine, self._wake.set)
+        if self.broker.audit_buffer.wakeup == self._wake.set:
+            self.broker.audit_buffer.wakeup = None
+        if self._thread is not None:
+            self._thread.join(timeout=STOP_WAIT_SECONDS + 5)
+        with self._in_flight_changed:
+            self._in_flight_changed.wait_for(lambda: self._in_flight == 0, STOP_WAIT_SECONDS)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._flush_audit()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                timeout = self._step()
+            except Exception:
+                log.exception("the delivery worker failed a round; trying again shortly")
+                timeout = ERROR_PAUSE_SECONDS
+            self._wake.wait(timeout)
+
+    def _step(self) -> float:
+        """One round: write the audit buffer if due, send what is due; returns how long to
+        sleep before the next round (unless woken)."""
+        audit_due = self.broker.audit_buffer.due_in()
+        if audit_due == 0.0:
+            self._flush_audit()
+            audit_due = self.broker.audit_buffer.due_in()
+        timeout = IDLE_RECHECK_SECONDS
+        if audit_due is not None:
+            timeout = min(timeout, audit_due)
+        room = self.concurrency - self._in_flight
+        if room <= 0:
+            return timeout  # a delivery that finishes wakes us
+        for due in deliveries.claim_due_deliveries(self.broker, room):
+            self._submit(due)
+        if self._in_flight >= self.concurrency:
+            return timeout
+        next_at = deliveries.next_attempt_time(self.broker)
+        if next_at is not None:
+            wait = (next_at - self.broker.clock()).total_seconds()
+            timeout = min(timeout, max(wait, 0.05))
+        return timeout
+
+    def _submit(self, due: DueDelivery) -> None:
+        with self._in_flight_changed:
+            self._in_flight += 1
+        self._pool.submit(self._deliver, due)
+
+    def _deliver(self, due: DueDelivery) -> None:
+        try:
+            if not deliveries.deliver(self.broker, due):
+                log.info("delivery %s (%s %s) failed; will retry", due.id, due.kind, due.event)
+        except Exception:
+            log.exception("delivery %s could not be recorded; its lease will expire", due.id)
+        finally:
+            with self._in_flight_changed:
+                self._in_flight -= 1
+                self._in_flight_changed.notify_all()
+            self._wake.set()
+
+    def _flush_audit(self) -> None:
+        try:
+            self.broker.audit_buffer.flush(self.broker.sessions)
+        except Exception:
+            log.exception("could not write buffered audit events; keeping them for later")

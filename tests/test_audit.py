@@ -1,0 +1,191 @@
+"""The audit log: every change to a site's API Authentication and every read of its secrets
+(which providers, which token id, from where — never a token), newest first, page by page,
+from the API and the command line. Real server, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from apiauth.domain.broker import Broker
+from apiauth.domain.members import MemberView, create_member, create_personal_token
+from apiauth.store.models import AuditEvent
+from conftest import LiveServer, running_server
+from consent import consent
+from processes import apiauth_env, run_cli
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def api(live: LiveServer) -> str:
+    return live.url + "/api/v1"
+
+
+@pytest.fixture
+def pat(broker: Broker, owner: MemberView) -> dict[str, str]:
+    return bearer(create_personal_token(broker, owner, "tests"))
+
+
+def enabled_site(http: httpx.Client, api: str, pat: dict[str, str], *providers: str) -> str:
+    """`my-site` with API Authentication on and `providers` connected; its site token."""
+    assert http.post(f"{api}/sites", json={"name": "my-site"}, headers=pat).status_code == 201
+    enabled = http.post(f"{api}/sites/my-site/api-auth", headers=pat)
+    assert enabled.status_code == 200
+    for provider in providers:
+        started = http.post(
+            f"{api}/sites/my-site/connections", json={"provider": provider}, headers=pat
+        )
+        assert consent(http, started.json()["authorize_url"]).status_code == 200
+    token: str = enabled.json()["token"]
+    return token
+
+
+def read_secrets(http: httpx.Client, api: str, token: str) -> dict[str, Any]:
+    answer = http.get(f"{api}/secrets", headers=bearer(token))
+    assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+def events(http: httpx.Client, api: str, pat: dict[str, str], **params: Any) -> httpx.Response:
+    return http.get(f"{api}/sites/my-site/events", params=params, headers=pat)
+
+
+def test_secrets_reads_are_logged_with_providers_token_id_and_ip_but_never_a_token(
+    http: httpx.Client, api: str, pat: dict[str, str]
+) -> None:
+    site_token = enabled_site(http, api, pat, "github", "spotify")
+    minted = http.post(
+        f"{api}/function-tokens",
+        json={"ttl_seconds": 300, "providers": ["spotify"]},
+        headers=bearer(site_token),
+    )
+    assert minted.status_code == 201, minted.text
+    function_token = minted.json()["token"]
+    by_site = read_secrets(http, api, site_token)
+    by_function = read_secrets(http, api, function_token)
+
+    page = events(http, api, pat)
+    assert page.status_code == 200, page.text
+    logged = page.json()["events"]
+    reads = [e for e in logged if e["kind"] == "secrets.read"]
+    # Newest first: the function token read last.
+    assert [e["actor"] for e in reads] == ["function token", "site token"]
+    assert reads[0]["detail"]["providers"] == ["spotify"]
+    assert reads[0]["detail"]["token_kind"] == "function"
+    assert reads[1]["detail"]["providers"] == ["github", "spotify"]
+    assert reads[1]["detail"]["token_kind"] == "site"
+    token_ids = {e["detail"]["token_id"] for e in reads}
+    assert len(token_ids) == 2
+    assert all(e["ip"] == "127.0.0.1" for e in reads)
+    # The changes that led here are in the log too, newest first.
+    assert [e["kind"] for e in logged if e["kind"] != "secrets.read"][::-1][:3] == [
+        "site.created",
+        "api_auth.enabled",
+        "connection.created",
+    ]
+    text = page.text
+    secrets = [site_token, function_token]
+    secrets += [answer["bearer_token"] for answer in by_site.values()]
+    secrets += [answer["bearer_token"] for answer in by_function.values()]
+    for secret in secrets:
+        assert secret not in text
+    assert "apiauth_site_" not in text
+    assert "apiauth_fn" not in text
+
+
+def test_events_page_newest_first_without_gaps_or_repeats(
+    http: httpx.Client, api: str, pat: dict[str, str]
+) -> None:
+    site_token = enabled_site(http, api, pat)
+    for _ in range(7):
+        read_secrets(http, api, site_token)
+    everything = events(http, api, pat, limit=200).json()
+    assert everything["next_before"] is None
+    all_ids = [e["id"] for e in everything["events"]]
+    assert len(all_ids) == 9  # site.created, api_auth.enabled, 7 reads
+    assert all_ids == sorted(all_ids, reverse=True)
+
+    pages: list[list[int]] = []
+    before = None
+    while True:
+        params: dict[str, Any] = {"limit": 4}
+        if before is not None:
+            params["before"] = before
+        page = events(http, api, pat, **params).json()
+        pages.append([e["id"] for e in page["events"]])
+        before = page["next_before"]
+        if before is None:
+            break
+        assert before == pages[-1][-1]
+    assert [len(p) for p in pages] == [4, 4, 1]
+    assert [i for p in pages for i in p] == all_ids
+    assert len(events(http, api, pat).json()["events"]) == 9  # default limit 50
+
+
+@pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 201}, {"limit": "x"}, {"before": 0}])
+def test_bad_paging_is_a_clear_422(
+    http: httpx.Client, api: str, pat: dict[str, str], params: dict[str, Any]
+) -> None:
+    enabled_site(http, api, pat)
+    answer = events(http, api, pat, **params)
+    assert answer.status_code == 422
+    assert answer.json()["error"]["message"]
+
+
+def test_another_teams_site_events_are_a_404(
+    broker: Broker, http: httpx.Client, api: str, pat: dict[str, str]
+) -> None:
+    enabled_site(http, api, pat)
+    stranger = create_member(broker, "eve@example.com", "another password", team_name="other")
+    theirs = bearer(create_personal_token(broker, stranger, "eve"))
+    assert events(http, api, theirs).status_code == 404
+    assert http.get(f"{api}/sites/nowhere/events", headers=pat).status_code == 404
+    assert events(http, api, {}).status_code == 401
+
+
+def test_a_read_just_before_shutdown_is_still_logged(
+    tmp_path: Path, database_url: str, http: httpx.Client
+) -> None:
+    with running_server(tmp_path, database_url) as server:
+        owner = create_member(server.broker, "owner@example.com", "correct horse battery")
+        pat = bearer(create_personal_token(server.broker, owner, "tests"))
+        api = server.url + "/api/v1"
+        read_secrets(http, api, enabled_site(http, api, pat))
+    with server.broker.sessions() as db:
+        kinds = list(db.scalars(select(AuditEvent.kind).order_by(AuditEvent.id)))
+    assert kinds[-1] == "secrets.read"
+
+
+def test_events_command_shows_the_log(
+    live: LiveServer,
+    tmp_path: Path,
+    database_url: str,
+    http: httpx.Client,
+    api: str,
+    pat: dict[str, str],
+) -> None:
+    site_token = enabled_site(http, api, pat)
+    read_secrets(http, api, site_token)
+    assert events(http, api, pat).status_code == 200  # writes the buffered read
+    env = apiauth_env(tmp_path / "data", database_url, int(live.url.rsplit(":", 1)[1]))
+
+    shown = run_cli(["events", "my-site", "--limit", "2"], env)
+    assert shown.returncode == 0, shown.stderr
+    assert "secrets.read" in shown.stdout
+    assert "site token" in shown.stdout
+    assert "api_auth.enabled" in shown.stdout
+    assert "site.created" not in shown.stdout
+    assert "--before" in shown.stderr
+    assert site_token not in shown.stdout + shown.stderr
+
+    missing = run_cli(["events", "nowhere"], env)
+    assert missing.returncode == 1
+    assert "nowhere" in missing.stderr

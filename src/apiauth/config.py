@@ -74,6 +74,13 @@ class Settings(BaseSettings):
         description="How long a process may hold a refresh before another may take it over "
         "(a process that dies mid-refresh loses it after this).",
     )
+    refresher_recheck_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="With nothing due, how often the refresher looks for work that another "
+        "replica scheduled or left behind (a lease of a process that died).",
+    )
     refresh_concurrency: int = Field(
         default=8,
         ge=1,

@@ -467,7 +467,34 @@ def test_a_form_posted_without_its_csrf_token_is_refused(world: World) -> None:
     page = world.page()
     page.goto("/")
     assert "forged-site" not in page.inner_text("main")
+    world.shot(page, "sites")
     page.close()
+
+
+def test_the_rest_api_accepts_the_session_with_its_csrf_header(world: World) -> None:
+    api = world.server.url + "/api/v1/sites"
+    listed = world.owner.request.get(api)
+    assert listed.status == 200
+    assert [site["name"] for site in listed.json()] == [SITE]
+    forged = world.owner.request.post(api, data={"name": "forged-site"})
+    assert forged.status == 403
+    assert "CSRF" in forged.json()["error"]["message"]
+
+
+def test_pages_fit_a_phone_screen(world: World) -> None:
+    phone = world.browser.new_context(
+        viewport={"width": 390, "height": 844},
+        base_url=world.server.url,
+        storage_state=world.owner.storage_state(),
+    )
+    page = phone.new_page()
+    for path in ("/", f"/sites/{SITE}/api-auth", f"/sites/{SITE}/events", "/team/oauth-apps"):
+        page.goto(path)
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow}px wider than a phone screen"
+    page.goto(f"/sites/{SITE}/api-auth")
+    world.shot(page, "api-authentication-phone")
+    phone.close()
 
 
 def test_signed_out_pages_send_to_sign_in_and_back(world: World) -> None:

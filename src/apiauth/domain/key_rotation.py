@@ -16,7 +16,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from apiauth.domain.broker import Broker
 from apiauth.store.db import transaction
-from apiauth.store.models import AuthState, Connection, OAuthApp
+from apiauth.store.models import AuthState, Connection, OAuthApp, Site
 from apiauth.vault import Vault, record_aad
 
 BATCH = 200
@@ -25,6 +25,7 @@ ENCRYPTED_COLUMNS: tuple[tuple[Any, InstrumentedAttribute[bytes | None]], ...] =
     (Connection, Connection.token_enc),
     (OAuthApp, OAuthApp.client_secret_enc),
     (AuthState, AuthState.pkce_verifier_enc),
+    (Site, Site.webhook_secret_enc),
 )
 
 

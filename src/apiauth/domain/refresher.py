@@ -3,8 +3,8 @@ the due connections in batches, refreshes them concurrently with a bounded pool 
 result in its own transaction), and sleeps again.
 
 Idle, it wakes only when its own process schedules something sooner
-(`Broker.refresh_wakeup`) or every few minutes to notice what other replicas scheduled: no
-loop that polls every second.
+(`Broker.refresh_wakeup`) or every `refresher_recheck_seconds` (30 s) to notice what other
+replicas scheduled or left behind: one small query, not a loop that polls every second.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from apiauth.errors import NotFound
 
 log = logging.getLogger(__name__)
 
-IDLE_RECHECK_SECONDS = 300.0
 ERROR_PAUSE_SECONDS = 5.0
 MIN_SLEEP_SECONDS = 0.05
 BATCH = 100
@@ -77,10 +76,11 @@ class Refresher:
             for done in pool.map(self._refresh_one, leases):
                 self.refreshed += done
             return
+        recheck = self.broker.settings.refresher_recheck_seconds
         due = next_due_time(self.broker)
         if due is None:
-            delay = IDLE_RECHECK_SECONDS
+            delay = recheck
         else:
             until = (due - self.broker.clock()).total_seconds()
-            delay = min(IDLE_RECHECK_SECONDS, max(MIN_SLEEP_SECONDS, until))
+            delay = min(recheck, max(MIN_SLEEP_SECONDS, until))
         wakeup.wait(delay)

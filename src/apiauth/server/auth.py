@@ -10,7 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView, authenticate_personal_token
 from apiauth.domain.sites import SiteCaller, authenticate_site_token
-from apiauth.errors import AuthenticationFailed
+from apiauth.domain.web_sessions import signed_in
+from apiauth.errors import AuthenticationFailed, PermissionDenied
+from apiauth.server.dashboard.pages import CSRF_HEADER, SESSION_COOKIE
 
 _bearer = HTTPBearer(auto_error=False, description="apiauth_pat_… or apiauth_site_… token")
 
@@ -23,11 +25,25 @@ def get_broker(request: Request) -> Broker:
 BrokerDep = Annotated[Broker, Depends(get_broker)]
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def current_member(
+    request: Request,
     broker: BrokerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> MemberView:
     if credentials is None:
+        # A dashboard session works too; a change made with it needs the session's CSRF token.
+        who = signed_in(broker, request.cookies.get(SESSION_COOKIE))
+        if who is not None:
+            if request.method not in _SAFE_METHODS and not who.csrf_matches(
+                request.headers.get(CSRF_HEADER, "")
+            ):
+                raise PermissionDenied(
+                    f"a change made with a dashboard session needs its CSRF token in {CSRF_HEADER}"
+                )
+            return who.member
         raise AuthenticationFailed(
             "sign in, or send a personal access token (`apiauth tokens create`) as "
             "`Authorization: Bearer apiauth_pat_…`"

@@ -36,6 +36,8 @@ FLASH_COOKIE = "apiauth_flash"
 # double-submit cookie instead.
 FORM_COOKIE = "apiauth_form"
 CSRF_FIELD = "csrf_token"
+# The REST API accepts a dashboard session too; its changes carry the CSRF token here.
+CSRF_HEADER = "X-CSRF-Token"
 MAX_FLASH_LENGTH = 300
 
 _templates = Environment(

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
-from apiauth.domain import connections, sites
+from apiauth.domain import audit, connections, sites
 from apiauth.domain.connections import ConnectionView
 from apiauth.domain.oauth_apps import list_oauth_apps
 from apiauth.domain.sites import ENV_VAR, SiteView
@@ -26,7 +26,6 @@ from apiauth.server.dashboard.pages import (
     redirect,
     render,
 )
-from apiauth.server.dashboard.site_events import list_site_events
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
@@ -252,7 +251,7 @@ def site_events(
 ) -> Response:
     broker = broker_of(request)
     site: SiteView = sites.get_site(broker, who.member, name)
-    page = list_site_events(broker, who.member, name, before=before)
+    page = audit.list_events(broker, who.member, name, before=before)
     return render(
         request,
         "events.html",

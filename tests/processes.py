@@ -84,6 +84,7 @@ class ServerProcess:
         self.stderr_path = workdir / "server.stderr"
         self.process: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
+        self.extra_args: list[str] = []
 
     def start(self) -> None:
         if self.process is not None:
@@ -93,7 +94,7 @@ class ServerProcess:
         stderr = self.stderr_path.open("ab")
         self._logs = [stdout, stderr]
         self.process = subprocess.Popen(
-            [str(APIAUTH), "serve", "--demo", "--port", str(self.port)],
+            [str(APIAUTH), "serve", "--demo", "--port", str(self.port), *self.extra_args],
             env=self.env,
             cwd=self.workdir,
             stdin=subprocess.DEVNULL,

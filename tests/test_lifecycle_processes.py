@@ -79,7 +79,13 @@ class Emulator:
 class Deployment:
     """One database, one emulator, and as many servers as asked, sharing a master key."""
 
-    def __init__(self, workdir: Path, database_url: str | None, servers: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        database_url: str | None,
+        servers: int,
+        serve_args: tuple[str, ...] = (),
+    ) -> None:
         self.workdir = workdir
         self.emulator = Emulator(workdir)
         self.master_key = MasterKey.generate().to_text()
@@ -100,6 +106,7 @@ class Deployment:
             )
             if database_url is None:  # one SQLite file, in the first server's data dir
                 server.env["APIAUTH_DATA_DIR"] = str(workdir / "server0" / "data")
+            server.extra_args = list(serve_args)
             server.start()
             self.servers.append(server)
         self.env = self.servers[0].env
@@ -313,3 +320,31 @@ def test_box_stays_usable_for_continuous_reads_from_several_processes(
     assert [result["refused"] for result in results] == [0, 0, 0]
     assert stats["refreshes"] >= 4
     assert stats["refresh_token_reuse"] == 0
+
+
+@pytest.mark.e2e
+def test_the_refresher_can_run_as_its_own_process(tmp_path: Path, postgres_url: str) -> None:
+    deployment = Deployment(tmp_path, postgres_url, servers=1, serve_args=("--no-refresher",))
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        time.sleep(2 * TTL)
+        assert deployment.emulator.stats()["refreshes"] == 0  # nobody refreshes
+        worker = subprocess.Popen(
+            [str(Path(sys.executable).parent / "apiauth"), "refresher"],
+            env=deployment.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 4 * TTL
+        while deployment.emulator.stats()["refreshes"] < 2:
+            assert time.monotonic() < deadline, "the refresher process refreshed nothing"
+            time.sleep(0.2)
+        manual = run_cli(["connections", "refresh", "my-site", "box"], deployment.env)
+        assert manual.returncode == 0, manual.stderr
+        assert "Refreshed box" in manual.stdout
+        assert deployment.emulator.stats()["refresh_token_reuse"] == 0
+    finally:
+        if worker is not None:
+            worker.terminate()
+            assert worker.wait(timeout=20) == 0
+        deployment.stop()

@@ -105,6 +105,33 @@ class Settings(BaseSettings):
         "doubles with each failure (with jitter, at most an hour), 10 attempts in all.",
     )
     log_level: str = Field(default="INFO", description="Python logging level of the server.")
+    rate_limit_per_token: float = Field(
+        default=50.0,
+        ge=0,
+        description="Requests per second one site, function or personal access token may "
+        "make, on average (0: no limit); each process counts on its own.",
+    )
+    rate_limit_burst: int = Field(
+        default=100,
+        ge=1,
+        description="Requests one token may make at once before `rate_limit_per_token` applies.",
+    )
+    rate_limit_oauth_starts: int = Field(
+        default=30,
+        ge=0,
+        description="OAuth flows one member, and one client address, may start per minute "
+        "(0: no limit).",
+    )
+    allow_loopback_urls: bool = Field(
+        default=False,
+        description="Let deploy hooks, webhooks and custom providers use loopback addresses "
+        "(127.0.0.1, ::1), over http too. `serve --demo` and the tests turn it on.",
+    )
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Let deploy hooks, webhooks and custom providers use private addresses "
+        "(10/8, 172.16/12, 192.168/16, fc00::/7), still over https only.",
+    )
 
     @property
     def redirect_uri(self) -> str:

@@ -40,6 +40,23 @@ class InvalidInput(ApiAuthServerError):
     code = "invalid_input"
 
 
+class UrlNotAllowed(InvalidInput):
+    """A URL the server would call points somewhere the URL policy forbids (SSRF)."""
+
+    code = "url_not_allowed"
+
+
+class RateLimited(ApiAuthServerError):
+    """Too many requests from one token, member or address; `retry_after` in seconds."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class AuthenticationFailed(ApiAuthServerError):
     status = 401
     code = "unauthorized"

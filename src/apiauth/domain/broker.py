@@ -24,10 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from apiauth.config import Settings, oauth_app_from_env
 from apiauth.domain.audit import AuditBuffer
 from apiauth.emulator import demo_client
+from apiauth.errors import UrlNotAllowed
 from apiauth.oauth.protocol import ClientCredentials
-from apiauth.providers import Catalog, load_catalog
+from apiauth.providers import Catalog, CatalogError, load_catalog
 from apiauth.store.db import create_db_engine, session_factory, upgrade_database
 from apiauth.store.models import ServerState, utcnow
+from apiauth.url_policy import UrlPolicy, check_url
 from apiauth.vault import Vault, open_vault
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class Broker:
     http: httpx.Client
     default_apps: Mapping[str, ClientCredentials]
     clock: Callable[[], datetime] = utcnow
+    # Where deploy hooks, webhooks and custom providers may point (SSRF policy).
+    url_policy: UrlPolicy = field(default_factory=UrlPolicy)
     # Who holds a refresh lease: unique per process, readable in the database.
     worker_id: str = field(
         default_factory=lambda: f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -108,6 +112,13 @@ def open_broker(settings: Settings, *, demo: bool | None = None) -> Broker:
     emulator_url = emulator_url_for(settings, engine, demo=demo)
     catalog = load_catalog(settings.providers_file, emulator_url=emulator_url)
     vault = open_vault(settings.master_key, settings.key_file)
+    # Demo mode's emulator and hook receivers live on this machine: loopback is the point.
+    url_policy = UrlPolicy(
+        allow_loopback=settings.allow_loopback_urls or emulator_url is not None,
+        allow_private=settings.allow_private_urls,
+    )
+    if emulator_url is None:
+        check_custom_provider_urls(catalog, settings, url_policy)
     http = httpx.Client(
         timeout=settings.http_timeout_seconds,
         follow_redirects=False,
@@ -122,4 +133,24 @@ def open_broker(settings: Settings, *, demo: bool | None = None) -> Broker:
         catalog=catalog,
         http=http,
         default_apps=default_oauth_apps(catalog, emulated=emulator_url is not None),
+        url_policy=url_policy,
     )
+
+
+def check_custom_provider_urls(catalog: Catalog, settings: Settings, policy: UrlPolicy) -> None:
+    """The URLs the server calls for a custom provider follow the URL policy, checked at
+    start. (The authorization URL is opened by a person's browser, not by the server.)"""
+    for provider in catalog.values():
+        if provider.builtin:
+            continue
+        for field_name in ("token_url", "userinfo_url", "revoke_url"):
+            url = getattr(provider, field_name)
+            if url is None or url.startswith("{instance_url}"):
+                continue
+            try:
+                check_url(url.replace("{client_id}", "client-id"), policy, field_name)
+            except UrlNotAllowed as exc:
+                raise CatalogError(
+                    f"{settings.providers_file}: provider {provider.name!r}: "
+                    f"field {field_name!r}: {exc.message}"
+                ) from None

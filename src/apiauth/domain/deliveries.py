@@ -35,8 +35,10 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
 from apiauth.domain.broker import Broker
+from apiauth.errors import UrlNotAllowed
 from apiauth.store.db import transaction
 from apiauth.store.models import Delivery, Site, new_id, utcnow
+from apiauth.url_policy import check_url, pinned_request
 from apiauth.vault import VaultError, record_aad
 
 log = logging.getLogger(__name__)
@@ -264,12 +266,21 @@ def _post(broker: Broker, due: DueDelivery) -> str | None:
             # Sites given a webhook URL before secrets existed: never send unsigned.
             return "the site's webhook secret is missing or unreadable: set its webhook URL again"
         headers[SIGNATURE_HEADER] = sign(due.secret, int(time.time()), body)
+    what = "deploy hook URL" if due.kind == "deploy_hook" else "webhook URL"
     try:
+        # Checked again now: the host's DNS answer may have changed since it was entered.
+        checked = check_url(due.url, broker.url_policy, what, require_resolution=True)
+    except UrlNotAllowed as exc:
+        return f"not sent: {exc.message}"
+    url, pinned_headers, extensions = pinned_request(checked)
+    try:
+        # `broker.http` follows no redirects: a 3xx cannot send us to a forbidden address.
         response = broker.http.post(
-            due.url,
+            url,
             content=body,
-            headers=headers,
+            headers={**headers, **pinned_headers},
             timeout=broker.settings.delivery_timeout_seconds,
+            extensions=extensions,
         )
     except httpx.TimeoutException:
         return "the receiver did not answer in time"

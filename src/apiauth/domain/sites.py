@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime
-from urllib.parse import urlsplit
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
@@ -17,8 +16,10 @@ from apiauth.domain.token_format import TokenKind, generate_token, hash_token, t
 from apiauth.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
 from apiauth.store.db import transaction
 from apiauth.store.models import Connection, Site, SiteToken, new_id
+from apiauth.url_policy import UrlPolicy, check_url
 
-_SITE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+SITE_NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+_SITE_NAME = re.compile(SITE_NAME_PATTERN)
 ENV_VAR = "APIAUTH_TOKEN"
 
 
@@ -57,13 +58,11 @@ def validate_site_name(name: str) -> str:
     return name
 
 
-def validate_hook_url(url: str | None, what: str) -> str | None:
+def validate_hook_url(url: str | None, what: str, policy: UrlPolicy) -> str | None:
+    """The URL if the server may POST to it (`url_policy`); checked again at each call."""
     if url is None or url == "":
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or len(url) > 2048:
-        raise InvalidInput(f"the {what} must be an http(s) URL of at most 2048 characters")
-    return url
+    return check_url(url, policy, what).url
 
 
 def _view(db: Session, site: Site) -> SiteView:
@@ -102,6 +101,9 @@ def create_site(
     webhook_url: str | None = None,
 ) -> SiteView:
     name = validate_site_name(name)
+    # Resolving the hosts takes a moment: before the transaction, not inside it.
+    deploy_hook_url = validate_hook_url(deploy_hook_url, "deploy hook URL", broker.url_policy)
+    webhook_url = validate_hook_url(webhook_url, "webhook URL", broker.url_policy)
     with transaction(broker.sessions) as db:
         if db.scalar(select(Site.id).where(Site.name == name)):
             raise Conflict(f"a site named {name!r} exists already")
@@ -109,8 +111,8 @@ def create_site(
             id=new_id("site"),
             team_id=member.team_id,
             name=name,
-            deploy_hook_url=validate_hook_url(deploy_hook_url, "deploy hook URL"),
-            webhook_url=validate_hook_url(webhook_url, "webhook URL"),
+            deploy_hook_url=deploy_hook_url,
+            webhook_url=webhook_url,
             api_auth_enabled=False,
         )
         db.add(site)
@@ -146,11 +148,13 @@ def update_site(
         site = find_site(db, member.team_id, name)
         if deploy_hook_url is not _UNSET:
             assert deploy_hook_url is None or isinstance(deploy_hook_url, str)
-            site.deploy_hook_url = validate_hook_url(deploy_hook_url, "deploy hook URL")
+            site.deploy_hook_url = validate_hook_url(
+                deploy_hook_url, "deploy hook URL", broker.url_policy
+            )
         secret = None
         if webhook_url is not _UNSET:
             assert webhook_url is None or isinstance(webhook_url, str)
-            new_url = validate_hook_url(webhook_url, "webhook URL")
+            new_url = validate_hook_url(webhook_url, "webhook URL", broker.url_policy)
             if new_url is None:
                 site.webhook_secret_enc = None
             elif new_url != site.webhook_url or site.webhook_secret_enc is None:

@@ -4,7 +4,7 @@ Requests arrive at `/{provider}/{host}/{path}`, the form `emulated_url()` gives 
 URLs, and are matched against that provider's authorize, token, who-am-I and revoke URLs. The
 catalog says how each provider behaves (client auth, PKCE, lifetimes, refresh style, revoke
 style); `dialects` says what its answers look like. `/_admin/stats` and `/_admin/reset` are
-for tests.
+for tests, `/_admin/grants` for benchmarks.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from apiauth.emulator.api_endpoints import ApiRequest, find_endpoint
 from apiauth.emulator.consent import REQUESTED_SCOPE_FIELD, render_consent, render_error
 from apiauth.emulator.dialects import Dialect, Issued, TokenContext, dialect_for
 from apiauth.emulator.state import EmulatorState, Fault, GrantError
@@ -62,6 +63,7 @@ def create_emulator_app(
             Route("/_admin/stats", emulator.admin_stats, methods=["GET"]),
             Route("/_admin/reset", emulator.admin_reset, methods=["POST"]),
             Route("/_admin/faults", emulator.admin_faults, methods=["POST"]),
+            Route("/_admin/grants", emulator.admin_grants, methods=["POST"]),
             Route(
                 "/{provider}/{rest:path}",
                 emulator.dispatch,
@@ -192,6 +194,23 @@ class _Emulator:
         self.state.add_fault(provider, endpoint, fault, times)
         return JSONResponse({"queued": times})
 
+    async def admin_grants(self, request: Request) -> Response:
+        """Accept refresh tokens made outside a consent flow (benchmarks write connections
+        straight into the database): `{"provider", "scopes": [...], "refresh_tokens": [...]}`,
+        each token one grant of the provider's registered client."""
+        try:
+            spec = json.loads(await request.body())
+            provider = str(spec["provider"])
+            scopes = tuple(str(scope) for scope in spec.get("scopes") or ())
+            tokens = [str(token) for token in spec["refresh_tokens"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad grants: {exc}"}, 400)
+        client = self.clients.get(provider)
+        if provider not in self.catalog or client is None:
+            return JSONResponse({"error": "unknown provider or no client registered"}, 400)
+        imported = self.state.import_grants(provider, client[0], scopes, tokens)
+        return JSONResponse({"imported": imported})
+
     # --- routing -------------------------------------------------------------------------
 
     async def dispatch(self, request: Request) -> Response:
@@ -206,7 +225,7 @@ class _Emulator:
             if match is not None:
                 break
         else:
-            return _not_found(f"{provider.display_name} (emulated) has no endpoint /{rest}.")
+            return await self.api_call(request, provider, rest)
         fault = self.state.next_fault(name, route.endpoint)
         if fault is not None:
             if fault.delay_seconds:
@@ -468,6 +487,35 @@ class _Emulator:
             # GitHub lists the token's scopes in a header on every API answer.
             response.headers["X-OAuth-Scopes"] = ", ".join(grant.scopes)
         return response
+
+    # --- the API calls the examples make (api_endpoints) ---------------------------------
+
+    async def api_call(self, request: Request, provider: Provider, rest: str) -> Response:
+        host, _, path = rest.partition("/")
+        found = find_endpoint(provider.name, request.method, host, "/" + path)
+        if found is None or not provider.builtin:
+            return _not_found(f"{provider.display_name} (emulated) has no endpoint /{rest}.")
+        endpoint, path_params = found
+        dialect = dialect_for(provider)
+        token = dialect.bearer_token(request.headers.get("authorization", ""))
+        grant = self.state.live_grant(provider.name, token, api=True) if token else None
+        if grant is None:
+            if not token:
+                self.state.count(provider.name, "api_rejected")
+            return dialect.unauthorized()
+        answer = endpoint.handler(
+            ApiRequest(
+                method=request.method,
+                host=host,
+                path="/" + path,
+                path_params=path_params,
+                query=dict(request.query_params),
+                headers=request.headers,
+                scopes=grant.scopes,
+                host_url=f"{self.base_url}/{provider.name}/{host}",
+            )
+        )
+        return JSONResponse(answer.body, answer.status, headers=dict(answer.headers))
 
     # --- revocation ----------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ STAT_NAMES = (
     "userinfo_rejected",
     "revocations",
     "faults_served",
+    "api_calls",
+    "api_rejected",
 )
 
 CODE_LIFETIME = 600.0
@@ -266,8 +268,22 @@ class EmulatorState:
             self._count(provider, "refreshes")
             return grant, handed_back
 
-    def live_grant(self, provider: str, access_token: str) -> Grant | None:
-        """The grant of an issued, unexpired, unrevoked access token of `provider`."""
+    def import_grants(
+        self, provider: str, client_id: str, scopes: tuple[str, ...], refresh_tokens: Iterable[str]
+    ) -> int:
+        """Accept refresh tokens issued outside a consent flow, one grant each: benchmarks
+        write their connections straight into the database, then tell the emulator."""
+        with self._lock:
+            count = 0
+            for token in refresh_tokens:
+                grant = Grant(next(self._ids), provider, client_id, scopes)
+                self._refresh[token] = _RefreshToken(grant)
+                count += 1
+            return count
+
+    def live_grant(self, provider: str, access_token: str, *, api: bool = False) -> Grant | None:
+        """The grant of an issued, unexpired, unrevoked access token of `provider`; counted
+        as a who-am-I call, or with `api` as a call to one of the API endpoints."""
         with self._lock:
             found = self._access.get(access_token)
             ok = (
@@ -276,7 +292,10 @@ class EmulatorState:
                 and not found.grant.revoked
                 and (found.expires_at is None or self._clock() < found.expires_at)
             )
-            self._count(provider, "userinfo_ok" if ok else "userinfo_rejected")
+            if api:
+                self._count(provider, "api_calls" if ok else "api_rejected")
+            else:
+                self._count(provider, "userinfo_ok" if ok else "userinfo_rejected")
             return found.grant if ok and found is not None else None
 
     def revoke_token(self, provider: str, client_id: str, token: str) -> bool:

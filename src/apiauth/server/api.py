@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from apiauth.domain import audit, connections, function_tokens, sites
 from apiauth.domain.oauth_apps import list_oauth_apps
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
+from apiauth.server.rate_limits import client_address, rate_limits
 from apiauth.server.schemas import (
     AuthorizeOut,
     ConnectionCreate,
@@ -29,7 +30,7 @@ from apiauth.server.schemas import (
 )
 
 _errors: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422, 429)
 }
 router = APIRouter(prefix="/api/v1", responses=_errors)
 
@@ -117,9 +118,10 @@ def list_connections(site: str, broker: BrokerDep, member: MemberDep) -> list[Co
 
 @router.post("/sites/{site}/connections", tags=["connections"])
 def start_connection(
-    site: str, body: ConnectionCreate, broker: BrokerDep, member: MemberDep
+    request: Request, site: str, body: ConnectionCreate, broker: BrokerDep, member: MemberDep
 ) -> AuthorizeOut:
     """Start the OAuth flow; open `authorize_url` in a browser to consent at the provider."""
+    rate_limits(request).check_oauth_start(member.id, client_address(request))
     start = connections.start_connection(broker, member, site, body.provider, body.scopes)
     return AuthorizeOut(authorize_url=start.authorize_url, expires_at=start.expires_at)
 

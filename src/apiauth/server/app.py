@@ -25,10 +25,12 @@ from apiauth.client import __version__
 from apiauth.domain import connections
 from apiauth.domain.broker import Broker
 from apiauth.emulator import create_emulator_app
-from apiauth.errors import ApiAuthServerError, OAuthFlowError
+from apiauth.errors import ApiAuthServerError, OAuthFlowError, RateLimited
 from apiauth.server.api import router
 from apiauth.server.dashboard import install_dashboard
-from apiauth.server.schemas import Health
+from apiauth.server.rate_limits import RateLimits
+from apiauth.server.schemas import ErrorResponse, Health
+from apiauth.server.security_headers import SecurityHeaders, style_hash
 from apiauth.server.workers import background_workers
 from apiauth.store.db import schema_is_current
 
@@ -48,14 +50,19 @@ def _wants_html(request: Request) -> bool:
     return "text/html" in accept and "application/json" not in accept
 
 
+# Allowed by its hash in the Content-Security-Policy (`security_headers.py`).
+_PAGE_STYLE = (
+    "body{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:4rem auto;"
+    "padding:0 1rem;color:#1f2328}h1{font-size:1.4rem}.ok{color:#1a7f37}.err{color:#cf222e}"
+)
+
+
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
         f"<title>{html.escape(title)} · apiauth</title>"
-        "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:4rem auto;"
-        "padding:0 1rem;color:#1f2328}h1{font-size:1.4rem}.ok{color:#1a7f37}.err{color:#cf222e}"
-        "</style></head><body>"
+        f"<style>{_PAGE_STYLE}</style></head><body>"
         f"{body}</body></html>",
         status_code=status,
     )
@@ -92,12 +99,15 @@ def create_app(
     )
     app.state.broker = broker
     app.state.demo = demo
+    app.state.rate_limits = RateLimits(broker.settings)
 
     @app.exception_handler(ApiAuthServerError)
     def domain_error(request: Request, exc: ApiAuthServerError) -> Response:
         if exc.status >= 500:
             log.error("%s: %s", exc.code, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after)}
         return _error(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -146,7 +156,15 @@ def create_app(
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return Health(status="ok")
 
-    @app.get("/oauth/callback", tags=["oauth"], include_in_schema=True)
+    @app.get(
+        "/oauth/callback",
+        tags=["oauth"],
+        include_in_schema=True,
+        responses={
+            303: {"description": "Back to the dashboard page the flow started from."},
+            400: {"model": ErrorResponse, "description": "The OAuth flow failed."},
+        },
+    )
     def oauth_callback(
         request: Request,
         state: str | None = None,
@@ -195,6 +213,11 @@ def create_app(
 
     app.include_router(router)
     install_dashboard(app)
+    app.add_middleware(
+        SecurityHeaders,
+        https=broker.settings.public_url.startswith("https://"),
+        style_sources=[style_hash(_PAGE_STYLE)],
+    )
 
     if demo:
         emulator_base = broker.settings.public_url.rstrip("/") + "/_emulator"

@@ -13,6 +13,7 @@ from apiauth.domain.sites import SiteCaller, authenticate_site_token
 from apiauth.domain.web_sessions import signed_in
 from apiauth.errors import AuthenticationFailed, PermissionDenied
 from apiauth.server.dashboard.pages import CSRF_HEADER, SESSION_COOKIE
+from apiauth.server.rate_limits import rate_limits
 
 _bearer = HTTPBearer(auto_error=False, description="apiauth_pat_… or apiauth_site_… token")
 
@@ -48,10 +49,13 @@ def current_member(
             "sign in, or send a personal access token (`apiauth tokens create`) as "
             "`Authorization: Bearer apiauth_pat_…`"
         )
-    return authenticate_personal_token(broker, credentials.credentials)
+    member = authenticate_personal_token(broker, credentials.credentials)
+    rate_limits(request).check_token(credentials.credentials)
+    return member
 
 
 def current_site(
+    request: Request,
     broker: BrokerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> SiteCaller:
@@ -59,7 +63,10 @@ def current_site(
         raise AuthenticationFailed(
             "send the site's token as `Authorization: Bearer …` (the APIAUTH_TOKEN variable)"
         )
-    return authenticate_site_token(broker, credentials.credentials)
+    caller = authenticate_site_token(broker, credentials.credentials)
+    # Counted once the token is known good, so that only real tokens take room in memory.
+    rate_limits(request).check_token(credentials.credentials)
+    return caller
 
 
 MemberDep = Annotated[MemberView, Depends(current_member)]

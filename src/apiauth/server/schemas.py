@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from apiauth.domain.audit import EventPage, EventView
 from apiauth.domain.connections import ConnectionView
 from apiauth.domain.function_tokens import DEFAULT_TTL_SECONDS, MAX_PROVIDERS
-from apiauth.domain.sites import SiteView
+from apiauth.domain.sites import SITE_NAME_PATTERN, SiteView
 
 
 class Strict(BaseModel):
@@ -27,7 +27,14 @@ class ErrorResponse(BaseModel):
 
 
 class SiteCreate(Strict):
-    name: str = Field(min_length=1, max_length=63, examples=["my-site"])
+    # The pattern is documented, not enforced here: the domain refuses a bad name with a
+    # message that says what a site name may hold.
+    name: str = Field(
+        min_length=1,
+        max_length=63,
+        examples=["my-site"],
+        json_schema_extra={"pattern": SITE_NAME_PATTERN},
+    )
     deploy_hook_url: str | None = Field(default=None, max_length=2048)
     webhook_url: str | None = Field(default=None, max_length=2048)
 

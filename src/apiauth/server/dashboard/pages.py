@@ -26,7 +26,7 @@ from apiauth.domain import web_sessions
 from apiauth.domain.broker import Broker
 from apiauth.domain.connections import is_local_path
 from apiauth.domain.web_sessions import SignedIn, WebSession
-from apiauth.errors import ApiAuthServerError
+from apiauth.errors import ApiAuthServerError, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,7 @@ _TITLES = {
     404: "Not found",
     409: "That conflicts with what is there",
     422: "Please check what you entered",
+    429: "Too many requests",
 }
 
 
@@ -273,7 +274,10 @@ class DashboardRoute(APIRoute):
                 if exc.status >= 500:
                     log.error("%s: %s", exc.code, exc.message)
                 title = _TITLES.get(exc.status, "Something went wrong")
-                return error_page(request, exc.status, title, exc.message)
+                headers = (
+                    {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+                )
+                return error_page(request, exc.status, title, exc.message, headers)
             except RequestValidationError as exc:
                 fields = sorted(
                     {str(e.get("loc", ("", "?"))[-1]) for e in exc.errors() if e.get("loc")}

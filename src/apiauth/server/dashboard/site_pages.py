@@ -26,6 +26,7 @@ from apiauth.server.dashboard.pages import (
     redirect,
     render,
 )
+from apiauth.server.rate_limits import client_address, rate_limits
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
@@ -216,6 +217,7 @@ def connect(
     provider: Annotated[str, Form()] = "",
     scope: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
+    rate_limits(request).check_oauth_start(who.member.id, client_address(request))
     try:
         started = connections.start_connection(
             broker_of(request),

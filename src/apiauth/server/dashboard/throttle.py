@@ -1,19 +1,19 @@
 """Sign-in rate limiting: failed attempts per (client address, email), in memory.
 
 In memory on purpose: it only has to slow down guessing against one process, and a restart
-that forgets it costs an attacker a restart of our server, which they cannot cause.
+that forgets it costs an attacker a restart of our server, which they cannot cause. Only
+failures count, and a success forgets them: a `SlidingWindow` of failures per key.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from threading import Lock
+
+from apiauth.server.rate_limits import SlidingWindow
 
 MAX_FAILURES = 5
 WINDOW_SECONDS = 300.0
-_MAX_KEYS = 10_000
 
 
 class LoginThrottle:
@@ -23,42 +23,18 @@ class LoginThrottle:
         window_seconds: float = WINDOW_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.max_failures = max_failures
-        self.window = window_seconds
-        self.clock = clock
-        self._failures: dict[tuple[str, str], deque[float]] = {}
-        self._lock = Lock()
+        self._failures = SlidingWindow(max_failures, window_seconds, clock)
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque[float]:
-        failures = self._failures.get(key, deque())
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        return failures
+    @staticmethod
+    def _key(address: str, email: str) -> tuple[str, str]:
+        return (address, email.strip().lower())
 
     def retry_after(self, address: str, email: str) -> int | None:
         """Seconds until another attempt is allowed, or None when one is allowed now."""
-        key = (address, email.strip().lower())
-        now = self.clock()
-        with self._lock:
-            failures = self._recent(key, now)
-            if len(failures) < self.max_failures:
-                return None
-            return max(1, int(failures[0] + self.window - now) + 1)
+        return self._failures.retry_after(self._key(address, email))
 
     def failed(self, address: str, email: str) -> None:
-        key = (address, email.strip().lower())
-        now = self.clock()
-        with self._lock:
-            if len(self._failures) >= _MAX_KEYS:
-                self._forget_old(now)
-            failures = self._recent(key, now)
-            failures.append(now)
-            self._failures[key] = failures
+        self._failures.record(self._key(address, email))
 
     def succeeded(self, address: str, email: str) -> None:
-        with self._lock:
-            self._failures.pop((address, email.strip().lower()), None)
-
-    def _forget_old(self, now: float) -> None:
-        for key in [k for k, v in self._failures.items() if not v or v[-1] <= now - self.window]:
-            del self._failures[key]
+        self._failures.clear(self._key(address, email))

@@ -3,10 +3,11 @@ the site's tokens (refreshing one inside the margin first)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,7 +38,7 @@ from apiauth.errors import (
 )
 from apiauth.oauth import protocol
 from apiauth.oauth.token_set import TokenSet
-from apiauth.providers import Provider
+from apiauth.providers import ParamError, Provider
 from apiauth.store.db import transaction
 from apiauth.store.models import AuthState, Connection, Member, Site, new_id
 from apiauth.vault import record_aad
@@ -172,11 +173,17 @@ def start_connection(
     scopes: Sequence[str] | None = None,
     *,
     return_to: str | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> AuthorizationStart:
     """Begin the authorization-code flow: a single-use `state` bound to the site, the
-    provider and the member, and a PKCE verifier where the provider supports it."""
+    provider and the member, and a PKCE verifier where the provider supports it.
+    `params` are the provider's declared connection parameters (a Shopify shop)."""
     provider = provider_named(broker, provider_name)
     chosen = validate_scopes(provider, scopes)
+    try:
+        given = provider.check_params(params)
+    except ParamError as exc:
+        raise InvalidInput(f"connection parameter {exc}") from None
     if return_to is not None and not is_local_path(return_to):
         raise InvalidInput("return_to must be a path on this server, such as /sites/my-site")
     client = client_for(broker, member.team_id, provider.name)
@@ -194,9 +201,9 @@ def start_connection(
                 provider=provider.name,
                 scopes=list(chosen),
                 pkce_verifier_enc=broker.vault.seal_text(
-                    verifier, record_aad("auth_states", state_id, "pkce_verifier_enc")
+                    flow_secret, record_aad("auth_states", state_id, "pkce_verifier_enc")
                 )
-                if verifier
+                if (flow_secret := _pack_flow_secret(verifier, given))
                 else None,
                 member_id=member.id,
                 return_to=return_to,
@@ -210,8 +217,26 @@ def start_connection(
         scopes=chosen,
         state=state,
         code_verifier=verifier,
+        params=given,
     )
     return AuthorizationStart(url, state_id, now + STATE_TTL)
+
+
+# The auth state has no column for connection parameters yet (a nullable JSON `params` column
+# would be their place); until it has, they travel sealed beside the PKCE verifier, as JSON.
+# A bare verifier (token_urlsafe: never starts with "{") is what every flow without
+# parameters stores, exactly as before.
+def _pack_flow_secret(verifier: str | None, params: Mapping[str, str]) -> str | None:
+    if not params:
+        return verifier
+    return json.dumps({"pkce_verifier": verifier, "params": dict(params)})
+
+
+def _unpack_flow_secret(packed: str | None) -> tuple[str | None, dict[str, str]]:
+    if packed is None or not packed.startswith("{"):
+        return packed, {}
+    data = json.loads(packed)
+    return data.get("pkce_verifier"), {str(k): str(v) for k, v in data["params"].items()}
 
 
 def _back_to_start(row: AuthState, message: str) -> OAuthFlowError:
@@ -278,7 +303,8 @@ def complete_authorization(
     and store the connection. On any failure nothing is stored."""
     if not state:
         raise OAuthFlowError("the provider sent the user back without a state parameter")
-    auth_state, verifier = _claim_state(broker, state)
+    auth_state, flow_secret = _claim_state(broker, state)
+    verifier, params = _unpack_flow_secret(flow_secret)
     provider = provider_named(broker, auth_state.provider)
     try:
         if error:
@@ -303,6 +329,7 @@ def complete_authorization(
             code_verifier=verifier,
             requested_scopes=auth_state.scopes,
             now=broker.clock(),
+            params=params,
         )
         account_id, account_login = protocol.fetch_account(broker.http, provider, token)
         view = _store_new_token(broker, auth_state, token, account_id, account_login)
@@ -387,16 +414,24 @@ def list_connections(broker: Broker, member: MemberView, site_name: str) -> list
         return [_view(row) for row in rows]
 
 
+def find_connection(
+    db: Session, member: MemberView, site_name: str, provider: str
+) -> tuple[Site, Connection]:
+    """A site of the member's team and its connection to `provider`, or NotFound."""
+    site = find_site(db, member.team_id, site_name)
+    connection = db.scalar(
+        select(Connection).where(Connection.site_id == site.id, Connection.provider == provider)
+    )
+    if connection is None:
+        raise NotFound(f"{site_name!r} has no {provider} connection")
+    return site, connection
+
+
 def get_connection(
     broker: Broker, member: MemberView, site_name: str, provider: str
 ) -> ConnectionView:
     with broker.sessions() as db:
-        site = find_site(db, member.team_id, site_name)
-        row = db.scalar(
-            select(Connection).where(Connection.site_id == site.id, Connection.provider == provider)
-        )
-        if row is None:
-            raise NotFound(f"{site_name!r} has no {provider} connection")
+        _site, row = find_connection(db, member, site_name, provider)
         return _view(row)
 
 
@@ -415,12 +450,7 @@ def delete_connection(broker: Broker, member: MemberView, site_name: str, provid
     """Revoke at the provider where the catalog says how, then forget the tokens. A provider
     that cannot be reached does not keep a site owner from disconnecting."""
     with broker.sessions() as db:
-        site = find_site(db, member.team_id, site_name)
-        connection = db.scalar(
-            select(Connection).where(Connection.site_id == site.id, Connection.provider == provider)
-        )
-        if connection is None:
-            raise NotFound(f"{site_name!r} has no {provider} connection")
+        site, connection = find_connection(db, member, site_name, provider)
         token = open_token(broker, connection)
     revoked = False
     catalog_entry = broker.catalog.get(provider)
@@ -485,12 +515,7 @@ def refresh_site_connection(
 ) -> ConnectionView:
     """A person asked for a refresh now: done whatever the schedule or backoff says."""
     with broker.sessions() as db:
-        site = find_site(db, member.team_id, site_name)
-        connection = db.scalar(
-            select(Connection).where(Connection.site_id == site.id, Connection.provider == provider)
-        )
-        if connection is None:
-            raise NotFound(f"{site_name!r} has no {provider} connection")
+        _site, connection = find_connection(db, member, site_name, provider)
         token = open_token(broker, connection)
     if connection.status == NEEDS_REAUTH:
         raise Conflict(f"the {provider} connection needs re-authorization: connect it again")

@@ -20,6 +20,7 @@ from apiauth.client import (
     create_function_token,
     get_secrets,
     get_secrets_async,
+    proxy,
     with_secrets,
 )
 
@@ -38,5 +39,6 @@ __all__ = [
     "create_function_token",
     "get_secrets",
     "get_secrets_async",
+    "proxy",
     "with_secrets",
 ]

@@ -557,3 +557,21 @@ def create_function_token(
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _transport_error(target, exc) from exc
     return _parse_function_token(target, response)
+
+
+def proxy(
+    provider: str,
+    *,
+    token: str | None = None,
+    url: str | None = None,
+    timeout: float = 60.0,
+) -> httpx.Client:
+    """An httpx client whose requests go to `provider`'s API through the broker's proxy,
+    which attaches the site's bearer token (and refreshes it on a 401):
+    `apiauth.proxy("github").get("/user")`. Close it when done (or use `with`)."""
+    target = _resolve(None, token, url)
+    return httpx.Client(
+        base_url=f"{target.url}/api/v1/proxy/{provider}/",
+        headers=_headers(target),
+        timeout=timeout,
+    )

@@ -15,7 +15,7 @@ import binascii
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -23,7 +23,13 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -32,6 +38,7 @@ from apiauth.emulator.consent import REQUESTED_SCOPE_FIELD, render_consent, rend
 from apiauth.emulator.dialects import Dialect, Issued, TokenContext, dialect_for
 from apiauth.emulator.state import EmulatorState, Fault, GrantError
 from apiauth.providers import Catalog, Provider
+from apiauth.providers.catalog import ACCESS_TOKEN
 
 __all__ = ["create_emulator_app", "demo_client"]
 
@@ -96,6 +103,7 @@ def _routes_of(provider: Provider, base_path: str) -> list[_Route]:
     urls: list[tuple[Endpoint, str | None]] = [
         ("authorize", provider.authorization_url),
         ("token", provider.token_url),
+        ("token", provider.refresh_url),
         ("userinfo", provider.userinfo_url),
         ("revoke", provider.revoke_url),
     ]
@@ -114,6 +122,8 @@ def _routes_of(provider: Provider, base_path: str) -> list[_Route]:
                 key = parts.netloc + parts.path
             path_only = False
         regex = re.escape(key.strip("/")).replace(re.escape("{client_id}"), r"(?P<client_id>[^/]+)")
+        # Connection parameters (`{shop}.myshopify.com`): any value the caller filled in.
+        regex = re.sub(r"\\\{[a-z][a-z0-9_]*\\\}", lambda _: r"[^/]+", regex)
         routes.append(_Route(endpoint, re.compile(regex), path_only))
     return routes
 
@@ -176,15 +186,20 @@ class _Emulator:
 
     async def admin_faults(self, request: Request) -> Response:
         """Queue a fault: `{"provider", "endpoint": "authorize|token|userinfo|revoke",
-        "status": int|null, "body": {}, "headers": {}, "delay_seconds": 0, "times": 1}`."""
+        "status": int|null, "body": {}, "headers": {}, "delay_seconds": 0, "times": 1}`, or
+        garbage: `"raw_body": "<html>…", "content_type": "text/html", "trickle_seconds": 0.5`."""
         try:
             spec = json.loads(await request.body())
             provider, endpoint = spec["provider"], spec["endpoint"]
             fault = Fault(
                 status=None if spec.get("status") is None else int(spec["status"]),
-                body=dict(spec.get("body") or {}),
+                body=dict(spec.get("body") or {})
+                | ({"padding": "x" * int(spec["pad_bytes"])} if spec.get("pad_bytes") else {}),
                 headers={str(k): str(v) for k, v in (spec.get("headers") or {}).items()},
                 delay_seconds=float(spec.get("delay_seconds") or 0.0),
+                raw_body=None if spec.get("raw_body") is None else str(spec["raw_body"]),
+                content_type=str(spec.get("content_type") or "application/json"),
+                trickle_seconds=float(spec.get("trickle_seconds") or 0.0),
             )
             times = int(spec.get("times", 1))
         except (ValueError, KeyError, TypeError) as exc:
@@ -258,6 +273,9 @@ class _Emulator:
             ticked = {v for v in form.getlist("scope") if isinstance(v, str)}
         else:
             return _method_not_allowed("GET, POST")
+        if provider.scope_param != "scope" and provider.scope_param in params:
+            # Slack's `user_scope`: from here on it is the requested scope like any other.
+            params["scope"] = params.pop(provider.scope_param)
 
         client = self.clients.get(provider.name)
         client_id = params.get("client_id")
@@ -474,7 +492,7 @@ class _Emulator:
     async def userinfo(self, request: Request, provider: Provider, dialect: Dialect) -> Response:
         if request.method not in ("GET", "POST"):
             return _method_not_allowed("GET, POST")
-        token = dialect.bearer_token(request.headers.get("authorization", ""))
+        token = _userinfo_token(provider, dialect, request)
         grant = self.state.live_grant(provider.name, token) if token else None
         if grant is None:
             if not token:
@@ -529,6 +547,14 @@ class _Emulator:
         form = await request.form()
         if provider.revoke_style == "stripe":
             return self._revoke_stripe(request, provider, dialect, form)
+        if provider.revoke_style == "bearer":
+            # The access token revokes itself (Dropbox, Slack): no client authentication.
+            token = dialect.bearer_token(request.headers.get("authorization", ""))
+            if token is None or not self.state.revoke_token(
+                provider.name, self.clients.get(provider.name, ("", ""))[0], token
+            ):
+                return dialect.unauthorized()
+            return JSONResponse(None)
         # RFC 7009: authenticate the client, revoke, and answer 200 even for unknown tokens.
         try:
             client_id, _ = self._authenticate(request, provider, form, strict=False)
@@ -614,6 +640,25 @@ class _Emulator:
         return JSONResponse({"stripe_user_id": account})
 
 
+def _userinfo_token(provider: Provider, dialect: Dialect, request: Request) -> str | None:
+    """The access token where the catalog's `userinfo_headers` put it (Shopify's own header,
+    Mailchimp's `OAuth` scheme), else the Bearer; None when a fixed header is missing."""
+    token = None
+    for header, template in provider.userinfo_headers.items():
+        sent = request.headers.get(header)
+        if sent is None:
+            return None
+        prefix, found, suffix = template.partition(ACCESS_TOKEN)
+        if not found:
+            if sent != template:
+                return None
+        elif sent.startswith(prefix) and sent.endswith(suffix):
+            token = sent[len(prefix) : len(sent) - len(suffix)] or None
+    if any(ACCESS_TOKEN in t for t in provider.userinfo_headers.values()):
+        return token
+    return dialect.bearer_token(request.headers.get("authorization", ""))
+
+
 def _not_found(message: str) -> Response:
     return JSONResponse({"error": "not_found", "error_description": message}, 404)
 
@@ -632,4 +677,15 @@ def _consent_error(provider: Provider, message: str) -> Response:
 
 
 def _fault_response(fault: Fault) -> Response:
-    return JSONResponse(fault.body, fault.status or 200, headers=fault.headers)
+    if fault.raw_body is None:
+        return JSONResponse(fault.body, fault.status or 200, headers=fault.headers)
+    body = fault.raw_body.encode("utf-8")
+    if not fault.trickle_seconds:
+        return Response(body, fault.status or 200, fault.headers, fault.content_type)
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for index in range(len(body)):
+            await asyncio.sleep(fault.trickle_seconds)
+            yield body[index : index + 1]
+
+    return StreamingResponse(trickle(), fault.status or 200, fault.headers, fault.content_type)

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from apiauth.client import __version__
@@ -28,6 +28,8 @@ from apiauth.emulator import create_emulator_app
 from apiauth.errors import ApiAuthServerError, OAuthFlowError, RateLimited
 from apiauth.server.api import router
 from apiauth.server.dashboard import install_dashboard
+from apiauth.server.limits import BodySizeLimit
+from apiauth.server.proxy import router as proxy_router
 from apiauth.server.rate_limits import RateLimits
 from apiauth.server.schemas import ErrorResponse, Health
 from apiauth.server.security_headers import SecurityHeaders, style_hash
@@ -89,6 +91,9 @@ def create_app(
         finally:
             for worker in running:
                 worker.stop()
+            proxy_client = getattr(app.state, "proxy_client", None)
+            if proxy_client is not None:
+                await proxy_client.aclose()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -99,6 +104,7 @@ def create_app(
     )
     app.state.broker = broker
     app.state.demo = demo
+    app.add_middleware(BodySizeLimit)
     app.state.rate_limits = RateLimits(broker.settings)
 
     @app.exception_handler(ApiAuthServerError)
@@ -114,6 +120,10 @@ def create_app(
     def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         problems = []
         for error in exc.errors()[:10]:
+            if error.get("type") == "json_invalid":
+                reason = error.get("ctx", {}).get("error", "malformed")
+                problems.append(f"the body is not valid JSON ({reason})")
+                continue
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
             problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
         return _error(422, "invalid_input", "; ".join(problems) or "invalid request")
@@ -122,6 +132,18 @@ def create_app(
     def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed"}
         return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(DataError)
+    def unstorable_input(request: Request, exc: DataError) -> Response:
+        # The database refused a value from the request (PostgreSQL: a NUL character in a
+        # string): bad input, not a database that is down.
+        log.info("the database refused a value: %s", type(exc.orig).__name__)
+        return _error(
+            422,
+            "invalid_input",
+            "the request holds a value that cannot be stored or looked up, "
+            "such as a NUL character",
+        )
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
@@ -212,6 +234,7 @@ def create_app(
         )
 
     app.include_router(router)
+    app.include_router(proxy_router)
     install_dashboard(app)
     app.add_middleware(
         SecurityHeaders,

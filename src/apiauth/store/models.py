@@ -133,6 +133,7 @@ class SiteToken(Base):
     )
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     providers: Mapped[list[str] | None]
+    visitor_id: Mapped[str | None] = mapped_column(String(255))  # a function token bound to one
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
@@ -157,11 +158,13 @@ class Connection(Base):
 
     __tablename__ = "connections"
     __table_args__ = (
-        UniqueConstraint("site_id", "provider"),
+        # The site owner's own connection has visitor_id "" (not NULL, so that it is unique).
+        UniqueConstraint("site_id", "visitor_id", "provider"),
         Index("ix_connections_refresh_due_at", "refresh_due_at"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
+    visitor_id: Mapped[str] = mapped_column(String(255), default="", server_default="")
     provider: Mapped[str] = mapped_column(String(63))
     status: Mapped[str] = mapped_column(String(16))
     requested_scopes: Mapped[list[str]]
@@ -183,6 +186,22 @@ class Connection(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class ConnectSession(Base):
+    """A short-lived, single-use link a site hands one of its visitors to connect providers."""
+
+    __tablename__ = "connect_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    visitor_id: Mapped[str] = mapped_column(String(255))
+    providers: Mapped[list[str]]
+    scopes: Mapped[dict[str, Any] | None]  # provider -> scopes; absent: the defaults
+    return_url: Mapped[str] = mapped_column(String(2048))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
 class AuthState(Base):
     """An OAuth flow in progress: `state` is single use and expires."""
 
@@ -194,6 +213,11 @@ class AuthState(Base):
     scopes: Mapped[list[str]]
     pkce_verifier_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     member_id: Mapped[str | None] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"))
+    visitor_id: Mapped[str | None] = mapped_column(String(255))
+    connect_session_id: Mapped[str | None] = mapped_column(
+        ForeignKey("connect_sessions.id", ondelete="CASCADE")
+    )
+    params: Mapped[dict[str, Any] | None]  # a provider's declared connection parameters
     return_to: Mapped[str | None] = mapped_column(String(2048))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]

@@ -132,6 +132,8 @@ def make_settings(tmp_path: Path, database_url: str, port: int, **extra: object)
 @contextmanager
 def running_server(tmp_path: Path, database_url: str, **settings: object) -> Iterator[LiveServer]:
     port = free_port()
+    # Hook receivers in tests listen on 127.0.0.1: the URL policy must let them through.
+    settings.setdefault("allow_loopback_urls", True)
     broker = open_broker(make_settings(tmp_path, database_url, port, **settings), demo=True)
     server = LiveServer(broker, port)
     server.start()

@@ -50,25 +50,27 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_the_six_builtin_providers_load_in_order(catalog: Catalog) -> None:
-    assert catalog.names() == ["github", "salesforce", "spotify", "stripe", "box", "contentful"]
+def test_the_builtin_providers_load_in_order(catalog: Catalog) -> None:
+    first_six = ["github", "salesforce", "spotify", "stripe", "box", "contentful"]
+    assert catalog.names()[:6] == first_six
+    assert len(catalog) >= 30
     assert all(p.builtin for p in catalog.values())
-    assert all(p.default_scopes for p in catalog.values())
+    assert all(catalog[name].default_scopes for name in first_six)
     assert all(p.docs_url and p.app_registration_url for p in catalog.values())
     with pytest.raises(KeyError):
         catalog["nope"]
 
 
 def test_builtin_urls_are_the_real_production_ones(catalog: Catalog) -> None:
-    urls = {name: (p.authorization_url, p.token_url) for name, p in catalog.items()}
+    urls = {name: (p.authorization_url, p.token_url) for name, p in list(catalog.items())[:6]}
     assert urls == {
         "github": (
             "https://github.com/login/oauth/authorize",
             "https://github.com/login/oauth/access_token",
         ),
         "salesforce": (
-            "https://login.salesforce.com/services/oauth2/authorize",
-            "https://login.salesforce.com/services/oauth2/token",
+            "https://{login_host}/services/oauth2/authorize",
+            "https://{login_host}/services/oauth2/token",
         ),
         "spotify": (
             "https://accounts.spotify.com/authorize",
@@ -109,6 +111,9 @@ def test_salesforce_facts(catalog: Catalog) -> None:
     assert salesforce.default_scopes == ("api", "refresh_token")
     assert salesforce.refresh_token == "reusable"
     assert salesforce.access_token_lifetime is None
+    # Without a login_host, Salesforce's URLs are the production ones, as they always were.
+    values = salesforce.url_values({})
+    assert values == {"login_host": "login.salesforce.com"}
 
 
 def test_spotify_stripe_box_contentful_facts(catalog: Catalog) -> None:
@@ -130,7 +135,7 @@ def test_spotify_stripe_box_contentful_facts(catalog: Catalog) -> None:
 def test_a_custom_file_adds_providers_beside_the_builtins(tmp_path: Path) -> None:
     catalog = load_catalog(write(tmp_path, ACME))
     assert catalog.names()[-1] == "acme"
-    assert len(catalog) == 7
+    assert len(catalog) == len(load_catalog()) + 1
     acme = catalog["acme"]
     assert not acme.builtin
     assert acme.pkce

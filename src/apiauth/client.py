@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn, TypeVar, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
@@ -38,6 +38,9 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 SECRETS_PATH = "/api/v1/secrets"
 FUNCTION_TOKENS_PATH = "/api/v1/function-tokens"
+CONNECT_SESSIONS_PATH = "/api/v1/connect-sessions"
+VISITORS_PATH = "/api/v1/visitors"
+VISITOR_HEADER = "Apiauth-Visitor"
 DEFAULT_FUNCTION_TOKEN_TTL = 900
 """Seconds a function token lives unless asked otherwise (the broker allows 1 to 86400)."""
 DEFAULT_TIMEOUT = 10.0
@@ -137,6 +140,26 @@ class FunctionToken:
 
     def __repr__(self) -> str:
         return f"FunctionToken(token={_mask(self.token)!r}, expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ConnectLink:
+    """A single-use link for one visitor to connect an account; hand `url` to the visitor."""
+
+    url: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"ConnectLink(url=…, expires_at={self.expires_at!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class VisitorDeletion:
+    """What `delete_visitor` erased."""
+
+    visitor_id: str
+    deleted_connections: int
+    revoked_at_provider: int
 
 
 class Secrets(Mapping[str, ProviderSecret]):
@@ -263,6 +286,7 @@ def _parse_secrets(payload: object) -> Secrets:
 class _Target:
     url: str
     token: str = field(repr=False)
+    visitor_id: str | None = None  # a visitor's tokens instead of the site owner's
 
     @property
     def display_url(self) -> str:
@@ -280,12 +304,14 @@ class _Target:
         return "token"
 
     @property
-    def cache_key(self) -> tuple[str, str]:
+    def cache_key(self) -> tuple[str, str, str | None]:
         # Keep only a digest of the token in the long-lived cache.
-        return (self.url, hashlib.sha256(self.token.encode()).hexdigest())
+        return (self.url, hashlib.sha256(self.token.encode()).hexdigest(), self.visitor_id)
 
 
-def _resolve(event: object, token: str | None, url: str | None) -> _Target:
+def _resolve(
+    event: object, token: str | None, url: str | None, visitor_id: str | None = None
+) -> _Target:
     if token is None and isinstance(event, Mapping):
         event_token = event.get("apiauth_token")
         if isinstance(event_token, str) and event_token.strip():
@@ -300,7 +326,7 @@ def _resolve(event: object, token: str | None, url: str | None) -> _Target:
             "or start the command with `apiauth run -- CMD`, which sets it for you."
         )
     base = (url or os.environ.get("APIAUTH_URL") or DEFAULT_URL).strip().rstrip("/")
-    return _Target(url=base, token=token)
+    return _Target(url=base, token=token, visitor_id=visitor_id)
 
 
 # --------------------------------------------------------------------------- cache
@@ -311,11 +337,11 @@ def _clock() -> float:
     return time.time()
 
 
-_cache: dict[tuple[str, str], tuple[float, Secrets]] = {}
+_cache: dict[tuple[str, str, str | None], tuple[float, Secrets]] = {}
 _cache_lock = threading.Lock()
 
 
-def _cache_get(key: tuple[str, str]) -> Secrets | None:
+def _cache_get(key: tuple[str, str, str | None]) -> Secrets | None:
     with _cache_lock:
         entry = _cache.get(key)
         if entry is None:
@@ -326,7 +352,7 @@ def _cache_get(key: tuple[str, str]) -> Secrets | None:
         return entry[1]
 
 
-def _cache_put(key: tuple[str, str], secrets: Secrets) -> None:
+def _cache_put(key: tuple[str, str, str | None], secrets: Secrets) -> None:
     now = _clock()
     deadline = now + DEFAULT_CACHE_TTL
     for provider in secrets.values():
@@ -413,16 +439,24 @@ def _handle(target: _Target, response: httpx.Response) -> Secrets:
 def _fetch(target: _Target) -> Secrets:
     try:
         with httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
-            response = http.get(target.url + SECRETS_PATH, headers=_headers(target))
+            response = http.get(
+                target.url + SECRETS_PATH, params=_visitor_params(target), headers=_headers(target)
+            )
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _transport_error(target, exc) from exc
     return _handle(target, response)
 
 
+def _visitor_params(target: _Target) -> dict[str, str]:
+    return {"visitor_id": target.visitor_id} if target.visitor_id is not None else {}
+
+
 async def _fetch_async(target: _Target) -> Secrets:
     try:
         async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT) as http:
-            response = await http.get(target.url + SECRETS_PATH, headers=_headers(target))
+            response = await http.get(
+                target.url + SECRETS_PATH, params=_visitor_params(target), headers=_headers(target)
+            )
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise _transport_error(target, exc) from exc
     return _handle(target, response)
@@ -432,15 +466,23 @@ async def _fetch_async(target: _Target) -> Secrets:
 
 
 def get_secrets(
-    event: object = None, /, *, token: str | None = None, url: str | None = None
+    event: object = None,
+    /,
+    *,
+    token: str | None = None,
+    url: str | None = None,
+    visitor_id: str | None = None,
 ) -> Secrets:
     """The providers connected for the token, with fresh bearer tokens.
 
     The token is `token=`, else `event["apiauth_token"]` when `event` is a mapping that has it
     (parity with Netlify's `getSecrets(event)`), else `APIAUTH_TOKEN`. The broker is `url=`,
     else `APIAUTH_URL`, else `DEFAULT_URL`. Answers are cached; see the module docstring.
+    With `visitor_id`, the providers that visitor of the site connected (a site token, or a
+    function token bound to that visitor); a function token bound to a visitor reads that
+    visitor's without it.
     """
-    target = _resolve(event, token, url)
+    target = _resolve(event, token, url, visitor_id)
     cached = _cache_get(target.cache_key)
     if cached is not None:
         return cached
@@ -450,10 +492,15 @@ def get_secrets(
 
 
 async def get_secrets_async(
-    event: object = None, /, *, token: str | None = None, url: str | None = None
+    event: object = None,
+    /,
+    *,
+    token: str | None = None,
+    url: str | None = None,
+    visitor_id: str | None = None,
 ) -> Secrets:
     """`get_secrets` for async code; shares its cache."""
-    target = _resolve(event, token, url)
+    target = _resolve(event, token, url, visitor_id)
     cached = _cache_get(target.cache_key)
     if cached is not None:
         return cached
@@ -537,18 +584,22 @@ def create_function_token(
     *,
     token: str | None = None,
     url: str | None = None,
+    visitor_id: str | None = None,
 ) -> FunctionToken:
     """Mint a short-lived function token from a site token, for one build or function.
 
     The site token is `token=`, else `APIAUTH_TOKEN`; the broker `url=`, else `APIAUTH_URL`,
     else `DEFAULT_URL`. `providers` limits what the new token reads (default: everything the
-    site token reads). It stops working after `ttl_seconds`, or sooner when the site token is
-    rotated or revoked.
+    site token reads); `visitor_id` binds it to one visitor, whose connections are then all it
+    reads. It stops working after `ttl_seconds`, or sooner when the site token is rotated or
+    revoked.
     """
     target = _resolve(None, token, url)
     body: dict[str, Any] = {"ttl_seconds": ttl_seconds}
     if providers is not None:
         body["providers"] = [providers] if isinstance(providers, str) else list(providers)
+    if visitor_id is not None:
+        body["visitor_id"] = visitor_id
     try:
         with httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
             response = http.post(
@@ -565,13 +616,110 @@ def proxy(
     token: str | None = None,
     url: str | None = None,
     timeout: float = 60.0,
+    visitor_id: str | None = None,
 ) -> httpx.Client:
     """An httpx client whose requests go to `provider`'s API through the broker's proxy,
     which attaches the site's bearer token (and refreshes it on a 401):
-    `apiauth.proxy("github").get("/user")`. Close it when done (or use `with`)."""
+    `apiauth.proxy("github").get("/user")`. Close it when done (or use `with`).
+    With `visitor_id`, the token of that visitor's connection (`Apiauth-Visitor` header)."""
     target = _resolve(None, token, url)
+    headers = _headers(target)
+    if visitor_id is not None:
+        headers[VISITOR_HEADER] = visitor_id
     return httpx.Client(
         base_url=f"{target.url}/api/v1/proxy/{provider}/",
-        headers=_headers(target),
+        headers=headers,
         timeout=timeout,
     )
+
+
+def _refusal(target: _Target, response: httpx.Response, what: str) -> None:
+    """Typed errors for a refused management call of a site token."""
+    status = response.status_code
+    if status == 403:
+        raise Unauthorized(
+            f"apiauth broker at {target.display_url} refused to {what} with the "
+            f"{target.token_kind}: {_broker_message(target, response)}",
+            url=target.display_url,
+            status_code=status,
+        )
+    if status in (404, 409, 422):
+        raise InvalidRequest(
+            f"apiauth broker at {target.display_url} refused to {what}: "
+            f"{_broker_message(target, response)}",
+            url=target.display_url,
+            status_code=status,
+        )
+
+
+def _json_object(target: _Target, response: httpx.Response) -> Mapping[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        raise _unavailable(target, "the answer is not JSON", response.status_code) from None
+    if not isinstance(payload, Mapping):
+        raise _unavailable(target, "unexpected answer", response.status_code)
+    return payload
+
+
+def create_connect_session(
+    visitor_id: str,
+    providers: Sequence[str],
+    return_url: str,
+    *,
+    scopes: Mapping[str, Sequence[str]] | None = None,
+    token: str | None = None,
+    url: str | None = None,
+) -> ConnectLink:
+    """With a site token: a single-use link (30 minutes) for one of the site's visitors to
+    connect one of `providers`. The visitor comes back to `return_url` with
+    `apiauth_connected=<provider>` or `apiauth_error=<message>` in its query."""
+    target = _resolve(None, token, url)
+    body: dict[str, Any] = {
+        "visitor_id": visitor_id,
+        "providers": [providers] if isinstance(providers, str) else list(providers),
+        "return_url": return_url,
+    }
+    if scopes is not None:
+        body["scopes"] = {name: list(wanted) for name, wanted in scopes.items()}
+    try:
+        with httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
+            response = http.post(
+                target.url + CONNECT_SESSIONS_PATH, json=body, headers=_headers(target)
+            )
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _transport_error(target, exc) from exc
+    _refusal(target, response, "create a connect session")
+    _check_status(target, response, expected=201)
+    payload = _json_object(target, response)
+    link, expires_at = payload.get("url"), payload.get("expires_at")
+    try:
+        expiry = _parse_expires_at(expires_at, "connect session")
+    except _BadAnswerError:
+        expiry = None
+    if not isinstance(link, str) or expiry is None:
+        raise _unavailable(target, "unexpected answer (no url or expires_at)", 201)
+    return ConnectLink(url=link, expires_at=expiry)
+
+
+def delete_visitor(
+    visitor_id: str, *, token: str | None = None, url: str | None = None
+) -> VisitorDeletion:
+    """With a site token: revoke and erase every connection of one visitor (a
+    data-protection request). Deleting a visitor with no connections is not an error."""
+    target = _resolve(None, token, url)
+    try:
+        with httpx.Client(timeout=DEFAULT_TIMEOUT) as http:
+            response = http.delete(
+                f"{target.url}{VISITORS_PATH}/{quote(visitor_id, safe='')}",
+                headers=_headers(target),
+            )
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise _transport_error(target, exc) from exc
+    _refusal(target, response, "delete a visitor")
+    _check_status(target, response)
+    payload = _json_object(target, response)
+    deleted, revoked = payload.get("deleted_connections"), payload.get("revoked_at_provider")
+    if not isinstance(deleted, int) or not isinstance(revoked, int):
+        raise _unavailable(target, "unexpected answer", response.status_code)
+    return VisitorDeletion(visitor_id, deleted, revoked)

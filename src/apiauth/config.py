@@ -105,6 +105,13 @@ class Settings(BaseSettings):
         "doubles with each failure (with jitter, at most an hour), 10 attempts in all.",
     )
     log_level: str = Field(default="INFO", description="Python logging level of the server.")
+    connect_link_seconds: int = Field(
+        default=1800,
+        ge=60,
+        le=86400,
+        description="How long a visitor's connect link (`POST /api/v1/connect-sessions`) "
+        "stays usable; it is single use either way.",
+    )
     rate_limit_per_token: float = Field(
         default=50.0,
         ge=0,

@@ -77,6 +77,17 @@ class OAuthFlowError(ApiAuthServerError):
     status = 400
     code = "oauth_error"
     return_to: str | None = None
+    # A visitor's flow: the site's page to send the visitor back to (`visitors.py`).
+    return_url: str | None = None
+
+
+class ConnectLinkSpent(ApiAuthServerError):
+    """A visitor's connect link was used already or expired; `return_url` is the site's
+    page to send the visitor back to."""
+
+    status = 410
+    code = "link_spent"
+    return_url: str | None = None
 
 
 class ProviderNotConfigured(ApiAuthServerError):

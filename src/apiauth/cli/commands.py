@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -289,11 +290,24 @@ def connect(
         bool, typer.Option(help="Wait until the browser comes back from the provider.")
     ] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 600.0,
+    param: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            "--param",
+            help="A connection parameter as NAME=VALUE, e.g. shop=acme for Shopify (repeat).",
+        ),
+    ] = None,
 ) -> None:
     """Print the URL that connects SITE to PROVIDER, then wait until it is connected."""
+    params: dict[str, str] = {}
+    for pair in param or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise typer.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--param")
+        params[name.strip()] = value
     with broker_for_command() as broker:
         start = connections.start_connection(
-            broker, _acting_member(broker, member), site, provider, scope
+            broker, _acting_member(broker, member), site, provider, scope, params=params
         )
         err.print(f"Open this URL in a browser to connect {site} to {provider}:")
         out.print(start.authorize_url, soft_wrap=True, highlight=False)
@@ -595,3 +609,37 @@ def db_upgrade() -> None:
     with broker_for_command():
         pass
     out.print(f"Database is up to date ({settings.resolved_database_url.split('@')[-1]}).")
+
+
+@app.command()
+def backup(
+    file: Annotated[Path, typer.Argument(help="Where to write the backup (mode 0600).")],
+) -> None:
+    """Write every table to FILE, encrypted with the master key (restore with `apiauth restore`)."""
+    from apiauth.domain import backup as backups
+
+    with broker_for_command() as broker:
+        total = backups.count_rows(broker)
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("Backing up rows", total=total)
+            summary = backups.write_backup(broker, file, lambda n: progress.advance(task, n))
+    out.print(
+        f"Wrote {summary.total} rows to {file}, encrypted with master key {summary.key_id}: "
+        "keep that key, the backup does not open without it.",
+        highlight=False,
+    )
+
+
+@app.command()
+def restore(
+    file: Annotated[Path, typer.Argument(help="A file written by `apiauth backup`.")],
+) -> None:
+    """Restore a backup into an empty database; needs the master key that made it."""
+    from apiauth.domain import backup as backups
+
+    with broker_for_command() as broker:
+        opened = backups.open_backup(broker, file)
+        with Progress(console=err, transient=True) as progress:
+            task = progress.add_task("Restoring rows", total=opened.total)
+            rows = backups.restore_backup(broker, opened, lambda n: progress.advance(task, n))
+    out.print(f"Restored {sum(rows.values())} rows from {file}.", highlight=False)

@@ -139,15 +139,27 @@ class AuditBuffer:
 
 
 def record_secrets_read(
-    broker: Broker, caller: SiteCaller, providers: Sequence[str], *, ip: str | None
+    broker: Broker,
+    caller: SiteCaller,
+    providers: Sequence[str],
+    *,
+    ip: str | None,
+    visitor_id: str = "",
 ) -> None:
     """Note a read of `/api/v1/secrets`: which providers, by which token id (never the
-    token), from where."""
+    token), from where, and whose (a visitor's, or the site owner's own)."""
+    detail: dict[str, Any] = {
+        "providers": list(providers),
+        "token_id": caller.token_id,
+        "token_kind": caller.kind,
+    }
+    if visitor_id:
+        detail["visitor_id"] = visitor_id
     broker.audit_buffer.add(
         caller.site_id,
         "secrets.read",
         f"{caller.kind} token",
-        {"providers": list(providers), "token_id": caller.token_id, "token_kind": caller.kind},
+        detail,
         ip=ip,
         at=broker.clock(),
     )

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from threading import Event, Lock
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sqlalchemy import Engine, delete
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from apiauth.config import Settings, oauth_app_from_env
 from apiauth.domain.audit import AuditBuffer
+from apiauth.domain.read_caches import AuthCache, OpenedTokens
 from apiauth.emulator import demo_client
 from apiauth.errors import UrlNotAllowed
 from apiauth.oauth.protocol import ClientCredentials
@@ -31,6 +32,10 @@ from apiauth.store.db import create_db_engine, session_factory, upgrade_database
 from apiauth.store.models import ServerState, utcnow
 from apiauth.url_policy import UrlPolicy, check_url
 from apiauth.vault import Vault, open_vault
+
+if TYPE_CHECKING:
+    from apiauth.domain.sites import SiteCaller
+    from apiauth.oauth.token_set import TokenSet
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,10 @@ class Broker:
     refresh_wakeup: Event = field(default_factory=Event)
     # Secrets reads waiting to be written to the audit log by the delivery worker.
     audit_buffer: AuditBuffer = field(default_factory=AuditBuffer)
+    # The read path's memories: tokens found valid (for at most a second) and connection
+    # token sets already decrypted (keyed by ciphertext). See `read_caches`.
+    site_tokens: AuthCache[SiteCaller] = field(default_factory=AuthCache)
+    opened_tokens: OpenedTokens[TokenSet] = field(default_factory=OpenedTokens)
 
     def close(self) -> None:
         self.http.close()
@@ -148,7 +157,10 @@ def check_custom_provider_urls(catalog: Catalog, settings: Settings, policy: Url
             if url is None or url.startswith("{instance_url}"):
                 continue
             try:
-                check_url(url.replace("{client_id}", "client-id"), policy, field_name)
+                sample = url.replace("{client_id}", "client-id")
+                for param in provider.params:  # `{shop}.example.com`: check a sample host
+                    sample = sample.replace("{" + param.name + "}", "param")
+                check_url(sample, policy, field_name)
             except UrlNotAllowed as exc:
                 raise CatalogError(
                     f"{settings.providers_file}: provider {provider.name!r}: "

@@ -3,7 +3,6 @@ the site's tokens (refreshing one inside the margin first)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import secrets
@@ -40,7 +39,7 @@ from apiauth.oauth import protocol
 from apiauth.oauth.token_set import TokenSet
 from apiauth.providers import ParamError, Provider
 from apiauth.store.db import transaction
-from apiauth.store.models import AuthState, Connection, Member, Site, new_id
+from apiauth.store.models import AuthState, Connection, ConnectSession, Member, Site, new_id
 from apiauth.vault import record_aad
 
 log = logging.getLogger(__name__)
@@ -109,6 +108,8 @@ class CompletedAuthorization:
     site_name: str
     connection: ConnectionView
     return_to: str | None
+    # A visitor's flow goes back to the site's own page (its connect session's return URL).
+    return_url: str | None = None
 
 
 def _view(connection: Connection) -> ConnectionView:
@@ -125,6 +126,9 @@ def _view(connection: Connection) -> ConnectionView:
         created_at=connection.created_at,
         updated_at=connection.updated_at,
     )
+
+
+connection_view = _view
 
 
 def _token_aad(connection_id: str) -> bytes:
@@ -167,17 +171,22 @@ def validate_scopes(provider: Provider, scopes: Sequence[str] | None) -> tuple[s
 
 def start_connection(
     broker: Broker,
-    member: MemberView,
+    member: MemberView | None,
     site_name: str,
     provider_name: str,
     scopes: Sequence[str] | None = None,
     *,
     return_to: str | None = None,
     params: Mapping[str, str] | None = None,
+    visitor_id: str = "",
+    connect_session_id: str | None = None,
 ) -> AuthorizationStart:
     """Begin the authorization-code flow: a single-use `state` bound to the site, the
     provider and the member, and a PKCE verifier where the provider supports it.
-    `params` are the provider's declared connection parameters (a Shopify shop)."""
+    `params` are the provider's declared connection parameters (a Shopify shop).
+
+    A visitor's flow (`visitor_id`, see `visitors.py`) has no member: its connect session
+    authorises it, and must be of that site and visitor."""
     provider = provider_named(broker, provider_name)
     chosen = validate_scopes(provider, scopes)
     try:
@@ -186,12 +195,17 @@ def start_connection(
         raise InvalidInput(f"connection parameter {exc}") from None
     if return_to is not None and not is_local_path(return_to):
         raise InvalidInput("return_to must be a path on this server, such as /sites/my-site")
-    client = client_for(broker, member.team_id, provider.name)
+    team_id = (
+        member.team_id
+        if member is not None
+        else _connect_session_team(broker, connect_session_id, site_name, visitor_id)
+    )
+    client = client_for(broker, team_id, provider.name)
     state = secrets.token_urlsafe(32)
     verifier = secrets.token_urlsafe(48) if provider.pkce else None
     now = broker.clock()
     with transaction(broker.sessions) as db:
-        site = find_site(db, member.team_id, site_name)
+        site = find_site(db, team_id, site_name)
         state_id = new_id("st")
         db.add(
             AuthState(
@@ -201,11 +215,14 @@ def start_connection(
                 provider=provider.name,
                 scopes=list(chosen),
                 pkce_verifier_enc=broker.vault.seal_text(
-                    flow_secret, record_aad("auth_states", state_id, "pkce_verifier_enc")
+                    verifier, record_aad("auth_states", state_id, "pkce_verifier_enc")
                 )
-                if (flow_secret := _pack_flow_secret(verifier, given))
+                if verifier
                 else None,
-                member_id=member.id,
+                params=given or None,
+                member_id=member.id if member is not None else None,
+                visitor_id=visitor_id or None,
+                connect_session_id=connect_session_id,
                 return_to=return_to,
                 expires_at=now + STATE_TTL,
             )
@@ -222,28 +239,38 @@ def start_connection(
     return AuthorizationStart(url, state_id, now + STATE_TTL)
 
 
-# The auth state has no column for connection parameters yet (a nullable JSON `params` column
-# would be their place); until it has, they travel sealed beside the PKCE verifier, as JSON.
-# A bare verifier (token_urlsafe: never starts with "{") is what every flow without
-# parameters stores, exactly as before.
-def _pack_flow_secret(verifier: str | None, params: Mapping[str, str]) -> str | None:
-    if not params:
-        return verifier
-    return json.dumps({"pkce_verifier": verifier, "params": dict(params)})
+
+def _connect_session_team(
+    broker: Broker, connect_session_id: str | None, site_name: str, visitor_id: str
+) -> str:
+    """The team of a visitor's flow, whose connect session must match the site and visitor."""
+    with broker.sessions() as db:
+        found = db.execute(
+            select(ConnectSession, Site)
+            .join(Site, Site.id == ConnectSession.site_id)
+            .where(ConnectSession.id == (connect_session_id or ""))
+        ).first()
+    if found is None or not visitor_id:
+        raise NotFound("a visitor's connection needs a connect session: ask the site for a link")
+    session, site = found
+    if site.name != site_name or session.visitor_id != visitor_id:
+        raise NotFound("this connect session is for another site or visitor")
+    return site.team_id
 
 
-def _unpack_flow_secret(packed: str | None) -> tuple[str | None, dict[str, str]]:
-    if packed is None or not packed.startswith("{"):
-        return packed, {}
-    data = json.loads(packed)
-    return data.get("pkce_verifier"), {str(k): str(v) for k, v in data["params"].items()}
+def _visitor_return_url(db: Session, row: AuthState) -> str | None:
+    if row.connect_session_id is None:
+        return None
+    session = db.get(ConnectSession, row.connect_session_id)
+    return session.return_url if session else None
 
 
-def _back_to_start(row: AuthState, message: str) -> OAuthFlowError:
+def _back_to_start(row: AuthState, message: str, db: Session) -> OAuthFlowError:
     """A known but spent state still knows the page its flow started from: send the person
     back there with the message instead of to a bare error page."""
     failure = OAuthFlowError(message)
     failure.return_to = row.return_to
+    failure.return_url = _visitor_return_url(db, row)
     return failure
 
 
@@ -259,13 +286,14 @@ def _claim_state(broker: Broker, state: str) -> tuple[AuthState, str | None]:
             )
         if row.used_at is not None:
             raise _back_to_start(
-                row, "this authorization link was used already: start the connection again"
+                row, "this authorization link was used already: start the connection again", db
             )
         if row.expires_at <= now:
             raise _back_to_start(
                 row,
                 "this authorization link expired (they last 10 minutes): "
                 "start the connection again",
+                db,
             )
         verifier = (
             broker.vault.open_text(
@@ -303,8 +331,8 @@ def complete_authorization(
     and store the connection. On any failure nothing is stored."""
     if not state:
         raise OAuthFlowError("the provider sent the user back without a state parameter")
-    auth_state, flow_secret = _claim_state(broker, state)
-    verifier, params = _unpack_flow_secret(flow_secret)
+    auth_state, verifier = _claim_state(broker, state)
+    params = {str(k): str(v) for k, v in (auth_state.params or {}).items()}
     provider = provider_named(broker, auth_state.provider)
     try:
         if error:
@@ -319,6 +347,7 @@ def complete_authorization(
             if site is None:
                 raise NotFound("the site of this authorization was deleted")
             site_name, team_id = site.name, site.team_id
+            return_url = _visitor_return_url(db, auth_state)
         client = client_for(broker, team_id, provider.name)
         token = protocol.exchange_code(
             broker.http,
@@ -337,10 +366,12 @@ def complete_authorization(
         _record_outcome(broker, auth_state.id, exc.message)
         failure = OAuthFlowError(exc.message)
         failure.return_to = auth_state.return_to
+        with broker.sessions() as db:
+            failure.return_url = _visitor_return_url(db, auth_state)
         raise failure from exc
     _record_outcome(broker, auth_state.id, CONNECTED)
     broker.refresh_wakeup.set()
-    return CompletedAuthorization(site_name, view, auth_state.return_to)
+    return CompletedAuthorization(site_name, view, auth_state.return_to, return_url)
 
 
 def _store_new_token(
@@ -358,6 +389,7 @@ def _store_new_token(
             db,
             select(Connection).where(
                 Connection.site_id == auth_state.site_id,
+                Connection.visitor_id == (auth_state.visitor_id or ""),
                 Connection.provider == auth_state.provider,
             ),
         )
@@ -366,6 +398,7 @@ def _store_new_token(
             connection = Connection(
                 id=new_id("con"),
                 site_id=auth_state.site_id,
+                visitor_id=auth_state.visitor_id or "",
                 provider=auth_state.provider,
                 version=0,
                 created_at=now,
@@ -386,12 +419,16 @@ def _store_new_token(
         connection.updated_at = now
         db.flush()
         event = "connection.created" if created else "connection.updated"
-        detail = {
+        detail: dict[str, Any] = {
             "provider": auth_state.provider,
             "granted_scopes": list(token.granted_scopes),
             "account": account_login,
         }
-        audit.record(db, auth_state.site_id, event, _actor(db, auth_state.member_id), detail)
+        actor = _actor(db, auth_state.member_id)
+        if auth_state.visitor_id:
+            detail["visitor_id"] = auth_state.visitor_id
+            actor = f"visitor {auth_state.visitor_id}"
+        audit.record(db, auth_state.site_id, event, actor, detail)
         site = db.get(Site, auth_state.site_id)
         if site is not None:
             deliveries.enqueue(db, site, event, detail)
@@ -409,7 +446,9 @@ def list_connections(broker: Broker, member: MemberView, site_name: str) -> list
     with broker.sessions() as db:
         site = find_site(db, member.team_id, site_name)
         rows = db.scalars(
-            select(Connection).where(Connection.site_id == site.id).order_by(Connection.provider)
+            select(Connection)
+            .where(Connection.site_id == site.id, Connection.visitor_id == "")
+            .order_by(Connection.provider)
         )
         return [_view(row) for row in rows]
 
@@ -417,10 +456,15 @@ def list_connections(broker: Broker, member: MemberView, site_name: str) -> list
 def find_connection(
     db: Session, member: MemberView, site_name: str, provider: str
 ) -> tuple[Site, Connection]:
-    """A site of the member's team and its connection to `provider`, or NotFound."""
+    """A site of the member's team and its own connection to `provider` (not a visitor's),
+    or NotFound."""
     site = find_site(db, member.team_id, site_name)
     connection = db.scalar(
-        select(Connection).where(Connection.site_id == site.id, Connection.provider == provider)
+        select(Connection).where(
+            Connection.site_id == site.id,
+            Connection.visitor_id == "",
+            Connection.provider == provider,
+        )
     )
     if connection is None:
         raise NotFound(f"{site_name!r} has no {provider} connection")
@@ -471,11 +515,18 @@ def delete_connection(broker: Broker, member: MemberView, site_name: str, provid
     return revoked
 
 
-def read_secrets(broker: Broker, caller: SiteCaller) -> dict[str, SecretView]:
+def read_secrets(
+    broker: Broker, caller: SiteCaller, visitor_id: str | None = None
+) -> dict[str, SecretView]:
     """Every connected provider of the caller's site (only those a function token names),
-    each token refreshed first when it expires within the margin."""
+    each token refreshed first when it expires within the margin. Whose: `visitor_id` as
+    `visitors.visitor_to_read` allowed it; by default the visitor a function token is bound
+    to, else the site owner's own."""
+    whose = caller.visitor_id or "" if visitor_id is None else visitor_id
     with broker.sessions() as db:
-        query = select(Connection).where(Connection.site_id == caller.site_id)
+        query = select(Connection).where(
+            Connection.site_id == caller.site_id, Connection.visitor_id == whose
+        )
         if caller.providers is not None:
             query = query.where(Connection.provider.in_(caller.providers))
         connections = list(db.scalars(query.order_by(Connection.provider)))

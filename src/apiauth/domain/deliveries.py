@@ -92,7 +92,8 @@ def enqueue(db: Session, site: Site, event: str, detail: Mapping[str, Any]) -> N
         "detail": dict(detail),
     }
     targets = []
-    if event in DEPLOY_HOOK_EVENTS and site.deploy_hook_url:
+    # A visitor's connection changes no token the site's build reads: no re-deploy for it.
+    if event in DEPLOY_HOOK_EVENTS and site.deploy_hook_url and not detail.get("visitor_id"):
         targets.append(("deploy_hook", site.deploy_hook_url))
     if event in WEBHOOK_EVENTS and site.webhook_url:
         targets.append(("webhook", site.webhook_url))

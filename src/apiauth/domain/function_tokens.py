@@ -66,12 +66,17 @@ def mint_function_token(
     providers: Sequence[str] | None,
     *,
     ip: str | None = None,
+    visitor_id: str | None = None,
 ) -> tuple[str, datetime]:
     """A new function token for the caller's site and when it expires (the caller shows it).
 
     Only a site token mints: a function token minting another could outlive its own expiry
-    and the provider subset it was limited to.
+    and the provider subset it was limited to. With `visitor_id` the token reads that
+    visitor's connections and nobody else's (`visitors.py`).
     """
+    # visitors imports this module for `validate_providers`.
+    from apiauth.domain.visitors import validate_visitor_id
+
     if caller.kind != "site":
         raise PermissionDenied(
             "only a site token can mint function tokens; this is a function token "
@@ -79,6 +84,8 @@ def mint_function_token(
         )
     ttl = validate_ttl(ttl_seconds)
     names = validate_providers(broker, providers)
+    if visitor_id is not None:
+        visitor_id = validate_visitor_id(visitor_id)
     now = broker.clock()
     expires_at = now + timedelta(seconds=ttl)
     token = generate_token(TokenKind.FUNCTION)
@@ -92,6 +99,7 @@ def mint_function_token(
                 parent_id=caller.token_id,
                 token_hash=hash_token(token),
                 providers=list(names) if names is not None else None,
+                visitor_id=visitor_id,
                 created_at=now,
                 expires_at=expires_at,
             )
@@ -102,5 +110,7 @@ def mint_function_token(
             "ttl_seconds": ttl,
             "providers": list(names) if names is not None else None,
         }
+        if visitor_id is not None:
+            detail["visitor_id"] = visitor_id
         audit.record(db, caller.site_id, "function_token.minted", "site token", detail, ip=ip)
     return token, expires_at

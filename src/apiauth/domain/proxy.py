@@ -11,6 +11,7 @@ from apiauth.domain.broker import Broker
 from apiauth.domain.refresh import is_due_for_reader, is_refreshable, refresh_connection
 from apiauth.domain.sites import SiteCaller
 from apiauth.domain.token_store import NEEDS_REAUTH, open_token
+from apiauth.domain.visitors import visitor_to_read
 from apiauth.errors import Conflict, InvalidInput, NotFound, PermissionDenied
 from apiauth.oauth.token_set import TokenSet
 from apiauth.store.models import Connection
@@ -27,10 +28,14 @@ class ProxyTarget:
         return f"ProxyTarget(base_url={self.base_url!r})"
 
 
-def proxy_target(broker: Broker, caller: SiteCaller, provider_name: str) -> ProxyTarget:
-    """The connection the caller may use at `provider_name`, its token refreshed when due."""
+def proxy_target(
+    broker: Broker, caller: SiteCaller, provider_name: str, visitor_id: str | None = None
+) -> ProxyTarget:
+    """The connection the caller may use at `provider_name`, its token refreshed when due:
+    the site owner's, or a visitor's under the rules of `visitors.visitor_to_read`."""
     if caller.providers is not None and provider_name not in caller.providers:
         raise PermissionDenied(f"this function token may not use {provider_name}")
+    whose = visitor_to_read(caller, visitor_id)
     provider = broker.catalog.get(provider_name)
     if provider is None:
         raise NotFound(f"no provider named {provider_name!r}")
@@ -39,11 +44,14 @@ def proxy_target(broker: Broker, caller: SiteCaller, provider_name: str) -> Prox
     with broker.sessions() as db:
         connection = db.scalar(
             select(Connection).where(
-                Connection.site_id == caller.site_id, Connection.provider == provider_name
+                Connection.site_id == caller.site_id,
+                Connection.visitor_id == whose,
+                Connection.provider == provider_name,
             )
         )
         if connection is None:
-            raise NotFound(f"{caller.site_name!r} has no {provider_name} connection")
+            whom = f"visitor {whose!r} of {caller.site_name!r}" if whose else caller.site_name
+            raise NotFound(f"{whom} has no {provider_name} connection")
         token = open_token(broker, connection)
     due = is_due_for_reader(broker)
     if due(connection, token, broker.clock()):
@@ -79,6 +87,10 @@ def _target(
         if not instance_url:
             raise Conflict(f"the {provider_name} connection has no instance_url: reconnect it")
         base_url = base_url.replace("{instance_url}", instance_url.rstrip("/"))
+    provider = broker.catalog.get(provider_name)
+    if provider is not None:  # connection parameters: Shopify's `{shop}`, Zendesk's `{subdomain}`
+        for name, value in provider.url_values(token.extra).items():
+            base_url = base_url.replace("{" + name + "}", value)
     return ProxyTarget(
         connection_id=connection.id,
         base_url=base_url.rstrip("/"),

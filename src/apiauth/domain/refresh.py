@@ -304,6 +304,8 @@ def _event(db: Any, connection: Connection, kind: str, detail: dict[str, Any]) -
     if site is None:
         return
     detail = {"provider": connection.provider, **detail}
+    if connection.visitor_id:
+        detail["visitor_id"] = connection.visitor_id
     audit.record(db, site.id, kind, "refresher", detail)
     deliveries.enqueue(db, site, kind, detail)
 

@@ -47,6 +47,8 @@ class SiteCaller:
     token_id: str
     kind: str
     providers: tuple[str, ...] | None
+    # A function token bound to one visitor reads only that visitor's connections.
+    visitor_id: str | None = None
 
 
 def validate_site_name(name: str) -> str:
@@ -68,7 +70,7 @@ def validate_hook_url(url: str | None, what: str, policy: UrlPolicy) -> str | No
 def _view(db: Session, site: Site) -> SiteView:
     counts = db.execute(
         select(Connection.status, func.count(Connection.id))
-        .where(Connection.site_id == site.id)
+        .where(Connection.site_id == site.id, Connection.visitor_id == "")
         .group_by(Connection.status)
     ).all()
     by_status: dict[str, int] = dict(counts)
@@ -86,6 +88,8 @@ def _view(db: Session, site: Site) -> SiteView:
 
 
 def find_site(db: Session, team_id: str, name: str) -> Site:
+    if not _SITE_NAME.match(name):  # no such site can exist; spare the database odd bytes
+        raise NotFound(f"no site named {name!r}")
     site = db.scalar(select(Site).where(Site.name == name, Site.team_id == team_id))
     if site is None:
         raise NotFound(f"no site named {name!r}")
@@ -174,6 +178,7 @@ def _new_webhook_secret(broker: Broker, site: Site) -> str:
 def delete_site(broker: Broker, member: MemberView, name: str) -> None:
     with transaction(broker.sessions) as db:
         db.delete(find_site(db, member.team_id, name))
+    forget_valid_tokens(broker)
 
 
 def enable_api_auth(broker: Broker, member: MemberView, name: str) -> str:
@@ -190,6 +195,7 @@ def enable_api_auth(broker: Broker, member: MemberView, name: str) -> str:
         event = "api_auth.rotated" if was_enabled else "api_auth.enabled"
         audit.record(db, site.id, event, member.email)
         deliveries.enqueue(db, site, "api_auth.enabled", {})
+    forget_valid_tokens(broker)
     return token
 
 
@@ -200,6 +206,7 @@ def rotate_site_token(broker: Broker, member: MemberView, name: str) -> str:
             raise Conflict(f"API Authentication is not enabled for {name!r}: enable it first")
         token = _issue_site_token(db, site, broker.clock())
         audit.record(db, site.id, "api_auth.rotated", member.email)
+    forget_valid_tokens(broker)
     return token
 
 
@@ -209,6 +216,13 @@ def disable_api_auth(broker: Broker, member: MemberView, name: str) -> None:
         site.api_auth_enabled = False
         _revoke_site_tokens(db, site.id, broker.clock())
         audit.record(db, site.id, "api_auth.disabled", member.email)
+    forget_valid_tokens(broker)
+
+
+def forget_valid_tokens(broker: Broker) -> None:
+    """Call after committing a revocation: it takes effect at once in this process (other
+    processes forget within `SITE_TOKEN_CACHE_SECONDS`)."""
+    broker.site_tokens.clear()
 
 
 def _revoke_site_tokens(db: Session, site_id: str, now: datetime) -> None:
@@ -244,13 +258,18 @@ def authenticate_site_token(broker: Broker, token: str) -> SiteCaller:
     if token_kind(token) not in (TokenKind.SITE, TokenKind.FUNCTION):
         raise failure
     now = broker.clock()
+    token_hash = hash_token(token)
+    cached = broker.site_tokens.get(token_hash, now)
+    if cached is not None:
+        return cached
+    began = broker.site_tokens.begin()
     parent = aliased(SiteToken)
     with broker.sessions() as db:
         row = db.execute(
             select(SiteToken, Site, parent)
             .join(Site, Site.id == SiteToken.site_id)
             .outerjoin(parent, parent.id == SiteToken.parent_id)
-            .where(SiteToken.token_hash == hash_token(token))
+            .where(SiteToken.token_hash == token_hash)
         ).first()
     if row is None:
         raise failure
@@ -266,4 +285,16 @@ def authenticate_site_token(broker: Broker, token: str) -> SiteCaller:
     if not site.api_auth_enabled:
         raise failure
     providers = tuple(site_token.providers) if site_token.providers is not None else None
-    return SiteCaller(site.id, site.name, site_token.id, site_token.kind, providers)
+    caller = SiteCaller(
+        site.id, site.name, site_token.id, site_token.kind, providers, site_token.visitor_id
+    )
+    expiries = [link.expires_at for link in chain if link is not None and link.expires_at]
+    broker.site_tokens.put(token_hash, caller, min(expiries, default=None), began)
+    return caller
+
+
+def cached_site_caller(broker: Broker, token: str) -> SiteCaller | None:
+    """The caller of a token found valid within the last second, if any: no database, no
+    blocking, so the server may ask from its event loop before handing the lookup to a
+    thread."""
+    return broker.site_tokens.get(hash_token(token), broker.clock())

@@ -26,11 +26,14 @@ def _token_aad(connection_id: str) -> bytes:
 
 
 def open_token(broker: Broker, connection: Connection) -> TokenSet | None:
-    if connection.token_enc is None:
+    blob = connection.token_enc
+    if blob is None:
         return None
-    return TokenSet.from_json(
-        broker.vault.open_json(connection.token_enc, _token_aad(connection.id))
-    )
+    token = broker.opened_tokens.get(connection.id, blob)
+    if token is None:
+        token = TokenSet.from_json(broker.vault.open_json(blob, _token_aad(connection.id)))
+        broker.opened_tokens.put(connection.id, blob, token)
+    return token
 
 
 def put_token(broker: Broker, connection: Connection, token: TokenSet, now: datetime) -> None:

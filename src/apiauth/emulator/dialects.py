@@ -75,6 +75,10 @@ class Dialect:
         if issued.refresh_token is not None:
             body["refresh_token"] = issued.refresh_token
         body["scope"] = ctx.provider.granted_scope_separator.join(issued.scopes)
+        path = ctx.provider.token_response_path
+        if path and not issued.refreshed:
+            # Slack's oauth.v2.access: the user's token inside `authed_user`, next to `ok`.
+            return {"ok": True, path: body, "team": {"id": "T0EMULATED", "name": "Demo"}}
         return body
 
     def token_answer(self, body: Mapping[str, Any], headers: Mapping[str, str]) -> Response:
@@ -96,12 +100,18 @@ class Dialect:
 
     def account(self, ctx: TokenContext, scopes: tuple[str, ...]) -> dict[str, Any]:
         name = ctx.provider.name
-        return {
+        body: dict[str, Any] = {
             "sub": f"{name}-demo-user",
             "preferred_username": "demo",
             "email": f"demo@{name}.example",
             "name": f"{ctx.provider.display_name} Demo User",
         }
+        # Where the catalog says the id and login are (`data.id`, `resource.uri`), put them.
+        if ctx.provider.account_id_field:
+            _put(body, ctx.provider.account_id_field, f"{name}-demo-user")
+        if ctx.provider.account_login_field:
+            _put(body, ctx.provider.account_login_field, f"demo@{name}.example")
+        return body
 
     def unauthorized(self) -> Response:
         return JSONResponse(
@@ -109,6 +119,16 @@ class Dialect:
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+
+
+def _put(body: dict[str, Any], path: str, value: str) -> None:
+    *parents, last = path.split(".")
+    for part in parents:
+        child = body.get(part)
+        if not isinstance(child, dict):
+            child = body[part] = {}
+        body = child
+    body[last] = value
 
 
 class GitHub(Dialect):

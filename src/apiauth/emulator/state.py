@@ -91,6 +91,11 @@ class Fault:
     body: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     delay_seconds: float = 0.0
+    # Garbage instead of JSON: `raw_body` sent as is with `content_type`, and, with
+    # `trickle_seconds`, one byte at a time that far apart (a slow-loris provider).
+    raw_body: str | None = None
+    content_type: str = "application/json"
+    trickle_seconds: float = 0.0
 
 
 def s256(verifier: str) -> str:

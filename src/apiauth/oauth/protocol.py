@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,11 +25,13 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from apiauth.errors import InvalidGrant, ProviderError, TokenRejected
 from apiauth.oauth.token_set import TokenSet
 from apiauth.providers import Provider
+from apiauth.providers.catalog import ACCESS_TOKEN
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 1_000_000
 """A token or who-am-I answer is a few hundred bytes; anything this large is not one."""
+DEFAULT_TOTAL_SECONDS = 10.0
 
 
 @dataclass(frozen=True, repr=False)
@@ -48,17 +51,24 @@ def authorization_url(
     scopes: Sequence[str],
     state: str,
     code_verifier: str | None,
+    params: Mapping[str, str] | None = None,
 ) -> str:
+    """`params` are the connection parameters (`Provider.check_params`) its URLs need."""
     extra: dict[str, str] = dict(provider.authorize_params)
     if code_verifier is not None:
         extra["code_challenge"] = create_s256_code_challenge(code_verifier)
         extra["code_challenge_method"] = "S256"
+    scope = provider.scope_separator.join(scopes) or None
+    if provider.scope_param != "scope" and scope is not None:
+        # Slack's user-token flow asks for scopes in `user_scope`.
+        extra[provider.scope_param] = scope
+        scope = None
     url: str = prepare_grant_uri(
-        provider.authorization_url,
+        _fill(provider.authorization_url, provider.url_values(params or {})),
         client.client_id,
         "code",
         redirect_uri=redirect_uri,
-        scope=provider.scope_separator.join(scopes) or None,
+        scope=scope,
         state=state,
         **extra,
     )
@@ -75,12 +85,17 @@ def exchange_code(
     code_verifier: str | None,
     requested_scopes: Sequence[str],
     now: datetime,
+    params: Mapping[str, str] | None = None,
 ) -> TokenSet:
+    """The token set keeps the connection `params` in `extra`, where later calls (refresh,
+    who-am-I, revoke) and the site's code find them."""
     body = prepare_token_request(
         "authorization_code", code=code, redirect_uri=redirect_uri, code_verifier=code_verifier
     )
-    answer = _token_request(http, provider, client, body, "exchange the authorization code")
-    return _token_set(provider, answer, requested_scopes, now)
+    url = _fill(provider.token_url, provider.url_values(params or {}))
+    answer = _token_request(http, provider, client, body, "exchange the authorization code", url)
+    token = _token_set(provider, answer, requested_scopes, now)
+    return replace(token, extra={**token.extra, **(params or {})}) if params else token
 
 
 def refresh_token_set(
@@ -95,7 +110,8 @@ def refresh_token_set(
     if not token.refresh_token:
         raise ProviderError(f"{provider.display_name} gave no refresh token; reconnect it")
     body = prepare_token_request("refresh_token", refresh_token=token.refresh_token)
-    answer = _token_request(http, provider, client, body, "refresh the token")
+    url = _fill(provider.refresh_url or provider.token_url, provider.url_values(token.extra))
+    answer = _token_request(http, provider, client, body, "refresh the token", url)
     return token.refreshed_with(_token_set(provider, answer, token.granted_scopes, now))
 
 
@@ -105,9 +121,15 @@ def fetch_account(
     """(account id, login) from the provider's who-am-I endpoint; (None, None) without one."""
     if not provider.userinfo_url:
         return None, None
-    url = _fill(provider.userinfo_url, token.extra)
-    headers = {"Authorization": f"Bearer {token.access_token}", "Accept": "application/json"}
-    response = _send(http, provider, "GET", url, headers=headers, action="read the account")
+    url = _fill(provider.userinfo_url, provider.url_values(token.extra))
+    response = _send(
+        http,
+        provider,
+        provider.userinfo_method,
+        url,
+        headers=userinfo_headers(provider, token.access_token),
+        action="read the account",
+    )
     if response.status_code == 401:
         raise TokenRejected(
             f"{provider.display_name} refused the token at its who-am-I endpoint (HTTP 401)"
@@ -134,7 +156,7 @@ def revoke(
     """Revoke at the provider where the catalog says how; False when it has no revoke URL."""
     if not provider.revoke_url:
         return False
-    values = {"client_id": client.client_id, **token.extra}
+    values = {"client_id": client.client_id, **provider.url_values(token.extra)}
     url = _fill(provider.revoke_url, values)
     if provider.revoke_style == "github":
         # https://docs.github.com/en/rest/apps/oauth-applications#delete-an-app-token
@@ -161,6 +183,16 @@ def revoke(
             },
             action="revoke the token",
         )
+    elif provider.revoke_style == "bearer":
+        # The token revokes itself: Dropbox's /2/auth/token/revoke, Slack's auth.revoke.
+        response = _send(
+            http,
+            provider,
+            "POST",
+            url,
+            headers={"Authorization": f"Bearer {token.access_token}"},
+            action="revoke the token",
+        )
     else:
         body = prepare_token_request("", token=token.refresh_token or token.access_token)
         body = "&".join(part for part in body.split("&") if not part.startswith("grant_type="))
@@ -173,6 +205,16 @@ def revoke(
     return True
 
 
+def userinfo_headers(provider: Provider, access_token: str) -> dict[str, str]:
+    """The who-am-I request's headers: the token as a Bearer, unless the catalog's
+    `userinfo_headers` place `{access_token}` elsewhere; plus their fixed headers."""
+    headers = {"Accept": "application/json"}
+    extra = {k: v.replace(ACCESS_TOKEN, access_token) for k, v in provider.userinfo_headers.items()}
+    if not any(ACCESS_TOKEN in v for v in provider.userinfo_headers.values()):
+        headers["Authorization"] = f"Bearer {access_token}"
+    return {**headers, **extra}
+
+
 def _fill(template: str, values: Mapping[str, str]) -> str:
     url = template
     for key, value in values.items():
@@ -183,9 +225,14 @@ def _fill(template: str, values: Mapping[str, str]) -> str:
 
 
 def _token_request(
-    http: httpx.Client, provider: Provider, client: ClientCredentials, body: str, action: str
+    http: httpx.Client,
+    provider: Provider,
+    client: ClientCredentials,
+    body: str,
+    action: str,
+    url: str,
 ) -> Mapping[str, Any]:
-    response = _client_auth_send(http, provider, client, provider.token_url, body, action)
+    response = _client_auth_send(http, provider, client, url, body, action)
     answer = _parse_token_answer(provider, response)
     error = answer.get("error")
     if error:
@@ -246,12 +293,17 @@ def _send(
     request = http.build_request(
         method, url, headers=all_headers, content=content, data=form, json=json_body
     )
+    # httpx's timeout is per read: a provider trickling a byte a second would never hit it.
+    # The whole answer must arrive within the timeout too.
+    deadline = time.monotonic() + (http.timeout.read or DEFAULT_TOTAL_SECONDS)
     try:
         response = http.send(request, stream=True)
         try:
             chunks: list[bytes] = []
             size = 0
             for chunk in response.iter_bytes():
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the answer took too long", request=request)
                 size += len(chunk)
                 if size > MAX_RESPONSE_BYTES:
                     raise ProviderError(
@@ -310,6 +362,10 @@ def _json_object(provider: Provider, response: httpx.Response, what: str) -> Map
 def _token_set(
     provider: Provider, answer: Mapping[str, Any], requested: Sequence[str], now: datetime
 ) -> TokenSet:
+    nested = answer.get(provider.token_response_path) if provider.token_response_path else None
+    if isinstance(nested, Mapping) and nested.get("access_token"):
+        # Slack's user token comes inside `authed_user`; its refresh answers are flat.
+        answer = {**answer, **nested}
     access_token = answer.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise ProviderError(f"{provider.display_name} sent a token answer without access_token")

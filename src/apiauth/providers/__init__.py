@@ -3,6 +3,8 @@
 from apiauth.providers.catalog import (
     Catalog,
     CatalogError,
+    ConnectionParam,
+    ParamError,
     Provider,
     RefreshTokenStyle,
     RevokeStyle,
@@ -15,6 +17,8 @@ from apiauth.providers.catalog import (
 __all__ = [
     "Catalog",
     "CatalogError",
+    "ConnectionParam",
+    "ParamError",
     "Provider",
     "RefreshTokenStyle",
     "RevokeStyle",

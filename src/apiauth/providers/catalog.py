@@ -21,6 +21,8 @@ __all__ = [
     "BUILTIN_CATALOG_FILE",
     "Catalog",
     "CatalogError",
+    "ConnectionParam",
+    "ParamError",
     "Provider",
     "RefreshTokenStyle",
     "RevokeStyle",
@@ -32,7 +34,8 @@ __all__ = [
 
 TokenAuthMethod = Literal["client_secret_post", "client_secret_basic", "none"]
 RefreshTokenStyle = Literal["none", "reusable", "rotating", "may_rotate"]
-RevokeStyle = Literal["rfc7009", "github", "stripe"]
+RevokeStyle = Literal["rfc7009", "github", "stripe", "bearer"]
+UserinfoMethod = Literal["GET", "POST"]
 
 BUILTIN_CATALOG_FILE = "catalog.toml"
 
@@ -41,7 +44,16 @@ BUILTIN_CATALOG_FILE = "catalog.toml"
 INSTANCE_URL = "{instance_url}"
 CLIENT_ID = "{client_id}"
 
+#: `{access_token}` may stand in `userinfo_headers` values, for APIs that take the token in a
+#: header of their own (Shopify) or under another scheme (Mailchimp's `OAuth`).
+ACCESS_TOKEN = "{access_token}"  # noqa: S105 (a placeholder, not a secret)
+
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_PARAM_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+# A parameter's value lands in a URL, often in its host: only RFC 3986 unreserved characters,
+# so that no value can add a host, a path, a query or userinfo whatever its pattern says.
+_PARAM_VALUE_RE = re.compile(r"^[A-Za-z0-9._~-]{1,100}$")
+_PARAM_SAMPLE = "param"
 _PLACEHOLDER_RE = re.compile(r"\{[^{}]*\}")
 # The authorize URL's own parameters; a catalog entry must not override them.
 _RESERVED_AUTHORIZE_PARAMS = frozenset(
@@ -61,6 +73,44 @@ _DEFAULT_LOGIN_FIELDS = ("preferred_username", "login", "email")
 
 class CatalogError(ValueError):
     """A catalog file is unreadable or describes a provider wrongly."""
+
+
+class ParamError(ValueError):
+    """A connection parameter's value is missing or does not fit its declaration."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ConnectionParam:
+    """A value a connection needs besides consent, such as a Shopify shop name: declared in
+    the catalog, asked for at connect time, filled into `{name}` in the provider's URLs."""
+
+    name: str
+    description: str
+    pattern: str | None
+    choices: tuple[str, ...]
+    required: bool
+    default: str | None
+
+    def check(self, value: str) -> str:
+        """The value, if it fits; raises `ParamError` naming this parameter otherwise."""
+        value = value.strip()
+        if not _PARAM_VALUE_RE.match(value):
+            raise ParamError(
+                self.name,
+                f"must be 1 to 100 letters, digits, '.', '_', '~' or '-' ({self.description})",
+            )
+        if set(value) <= {"."}:
+            raise ParamError(self.name, "must not be only dots")
+        if self.choices and value not in self.choices:
+            raise ParamError(self.name, "must be one of " + ", ".join(self.choices))
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise ParamError(self.name, f"{value!r} does not fit: {self.description}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -98,6 +148,41 @@ class Provider:
     client_id: str | None
     client_secret: str | None = field(repr=False)
     builtin: bool
+    params: tuple[ConnectionParam, ...] = ()
+    scope_param: str = "scope"
+    token_response_path: str | None = None
+    refresh_url: str | None = None
+    userinfo_method: UserinfoMethod = "GET"
+    userinfo_headers: Mapping[str, str] = field(default_factory=dict)
+
+    def check_params(self, given: Mapping[str, str] | None) -> dict[str, str]:
+        """The connection parameters a person gave, checked against the declarations; raises
+        `ParamError` for an unknown, missing or ill-formed one. Defaults are not added: they
+        apply at call time (`url_values`), so a connection made without them stays as it was.
+        """
+        given = dict(given or {})
+        declared = {p.name: p for p in self.params}
+        for name in given:
+            if name not in declared:
+                known = ", ".join(declared) or "none"
+                raise ParamError(
+                    name, f"{self.display_name} takes no such parameter (known: {known})"
+                )
+        checked: dict[str, str] = {}
+        for param in self.params:
+            value = given.get(param.name)
+            if value is None or not value.strip():
+                if param.required:
+                    raise ParamError(param.name, f"is required: {param.description}")
+                continue
+            checked[param.name] = param.check(value)
+        return checked
+
+    def url_values(self, values: Mapping[str, str]) -> dict[str, str]:
+        """What fills the URL placeholders: parameter defaults, overridden by `values` (a
+        connection's given parameters and kept response fields)."""
+        defaults = {p.name: p.default for p in self.params if p.default is not None}
+        return {**defaults, **values}
 
     @property
     def default_scopes(self) -> tuple[str, ...]:
@@ -217,6 +302,7 @@ def _emulated_provider(provider: Provider, emulator_url: str) -> Provider:
         userinfo_url=move(provider.userinfo_url),
         revoke_url=move(provider.revoke_url),
         api_base_url=move(provider.api_base_url),
+        refresh_url=move(provider.refresh_url),
     )
 
 
@@ -279,6 +365,12 @@ _FIELDS = (
     "docs_url",
     "client_id",
     "client_secret",
+    "params",
+    "scope_param",
+    "token_response_path",
+    "refresh_url",
+    "userinfo_method",
+    "userinfo_headers",
 )
 _REQUIRED = ("display_name", "authorization_url", "token_url", "token_auth_method")
 
@@ -304,19 +396,23 @@ def _parse_provider(name: str, table: Any, builtin: bool) -> Provider:
     scope_separator = _text(table, "scope_separator", default=" ")
     granted_separator = _text(table, "granted_scope_separator", default=scope_separator)
     scopes = _scopes(table.get("scopes", []), scope_separator)
+    params = _params(table, _names(table, "keep_response_fields"))
+    param_names = tuple("{" + p.name + "}" for p in params)
+    endpoint_placeholders = (INSTANCE_URL, CLIENT_ID, *param_names)
+    _check_params_fill_urls(table, params)
 
     return Provider(
         name=name,
         display_name=_text(table, "display_name"),
-        authorization_url=_url(table, "authorization_url"),
-        token_url=_url(table, "token_url"),
+        authorization_url=_url(table, "authorization_url", *param_names),
+        token_url=_url(table, "token_url", *param_names),
         token_auth_method=_choice(table, "token_auth_method", TokenAuthMethod),
         pkce=_bool(table, "pkce", default=False),
         scope_separator=scope_separator,
         granted_scope_separator=granted_separator,
         scopes=scopes,
-        userinfo_url=_optional_url(table, "userinfo_url", INSTANCE_URL, CLIENT_ID),
-        revoke_url=_optional_url(table, "revoke_url", INSTANCE_URL, CLIENT_ID),
+        userinfo_url=_optional_url(table, "userinfo_url", *endpoint_placeholders),
+        revoke_url=_optional_url(table, "revoke_url", *endpoint_placeholders),
         revoke_style=_choice(table, "revoke_style", RevokeStyle, default="rfc7009"),
         keep_response_fields=_names(table, "keep_response_fields"),
         account_id_field=_optional_text(table, "account_id_field"),
@@ -324,12 +420,18 @@ def _parse_provider(name: str, table: Any, builtin: bool) -> Provider:
         authorize_params=_authorize_params(table),
         access_token_lifetime=_lifetime(table),
         refresh_token=_choice(table, "refresh_token", RefreshTokenStyle, default="reusable"),
-        api_base_url=_optional_url(table, "api_base_url", INSTANCE_URL),
+        api_base_url=_optional_url(table, "api_base_url", INSTANCE_URL, *param_names),
         app_registration_url=_optional_url(table, "app_registration_url"),
         docs_url=_optional_url(table, "docs_url"),
         client_id=_optional_text(table, "client_id"),
         client_secret=_optional_text(table, "client_secret"),
         builtin=builtin,
+        params=params,
+        scope_param=_scope_param(table),
+        token_response_path=_optional_text(table, "token_response_path"),
+        refresh_url=_optional_url(table, "refresh_url", *param_names),
+        userinfo_method=_choice(table, "userinfo_method", UserinfoMethod, default="GET"),
+        userinfo_headers=_userinfo_headers(table),
     )
 
 
@@ -381,10 +483,13 @@ def _url(table: dict[str, Any], key: str, *placeholders: str) -> str:
         return value
     if INSTANCE_URL in value:
         raise _FieldError(key, "{instance_url} may only start the URL")
-    parts = urlsplit(value.replace(CLIENT_ID, "client-id"))
+    sample = _PLACEHOLDER_RE.sub(
+        lambda m: m.group(0) if m.group(0) == CLIENT_ID else _PARAM_SAMPLE, value
+    )
+    parts = urlsplit(sample.replace(CLIENT_ID, "client-id"))
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
         raise _FieldError(key, "must be an http(s) URL")
-    if CLIENT_ID in parts.netloc:
+    if CLIENT_ID in urlsplit(value).netloc:
         raise _FieldError(key, "{client_id} may only appear in the path")
     return value
 
@@ -454,3 +559,105 @@ def _scopes(value: Any, separator: str) -> tuple[Scope, ...]:
             raise _FieldError(f"{where}.default", "must be true or false")
         scopes.append(Scope(name=name, description=description, default=default))
     return tuple(scopes)
+
+
+def _scope_param(table: dict[str, Any]) -> str:
+    value = _text(table, "scope_param", default="scope")
+    if value != "scope" and value in _RESERVED_AUTHORIZE_PARAMS:
+        raise _FieldError("scope_param", "is set by apiauth itself")
+    return value
+
+
+def _userinfo_headers(table: dict[str, Any]) -> Mapping[str, str]:
+    key = "userinfo_headers"
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise _FieldError(
+            key, 'must be a table of strings, e.g. { "Notion-Version" = "2022-06-28" }'
+        )
+    for header, setting in value.items():
+        if not isinstance(setting, str) or not setting:
+            raise _FieldError(f"{key}.{header}", "must be a non-empty string")
+        if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", header):
+            raise _FieldError(f"{key}.{header}", "is not an HTTP header name")
+        unknown = [p for p in _PLACEHOLDER_RE.findall(setting) if p != ACCESS_TOKEN]
+        if unknown:
+            raise _FieldError(
+                f"{key}.{header}", f"unknown placeholder {unknown[0]} (allowed: {ACCESS_TOKEN})"
+            )
+    return MappingProxyType(dict(value))
+
+
+def _params(table: dict[str, Any], kept_fields: Sequence[str]) -> tuple[ConnectionParam, ...]:
+    value = table.get("params", {})
+    if not isinstance(value, dict):
+        raise _FieldError("params", "must be a table of [providers.NAME.params] entries")
+    taken = {"instance_url", "client_id", "access_token", *kept_fields}
+    params: list[ConnectionParam] = []
+    for name, entry in value.items():
+        where = f"params.{name}"
+        if not _PARAM_NAME_RE.match(name):
+            raise _FieldError(where, "must be a lowercase name of a-z, 0-9 and '_'")
+        if name in taken:
+            raise _FieldError(where, "clashes with a placeholder or a kept response field")
+        if not isinstance(entry, dict):
+            raise _FieldError(where, "must be a table { description, pattern, required, default }")
+        for key in entry:
+            if key not in ("description", "pattern", "choices", "required", "default"):
+                raise _FieldError(f"{where}.{key}", "unknown field")
+        description = _text(entry, "description") if "description" in entry else None
+        if description is None:
+            raise _FieldError(f"{where}.description", "is required")
+        pattern = entry.get("pattern")
+        if pattern is not None:
+            if not isinstance(pattern, str) or not pattern:
+                raise _FieldError(f"{where}.pattern", "must be a non-empty regular expression")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise _FieldError(
+                    f"{where}.pattern", f"is not a valid regular expression: {exc}"
+                ) from None
+        choices = entry.get("choices", [])
+        if not isinstance(choices, list) or not all(
+            isinstance(c, str) and _PARAM_VALUE_RE.match(c) for c in choices
+        ):
+            raise _FieldError(f"{where}.choices", "must be a list of URL-safe strings")
+        if pattern is None and not choices:
+            # The value lands in a URL the server calls with the client secret: never unchecked.
+            raise _FieldError(where, "needs a pattern or choices to check values against")
+        required = entry.get("required", False)
+        if not isinstance(required, bool):
+            raise _FieldError(f"{where}.required", "must be true or false")
+        default = entry.get("default")
+        param = ConnectionParam(
+            name=name,
+            description=description,
+            pattern=pattern,
+            choices=tuple(choices),
+            required=required,
+            default=None,
+        )
+        if default is not None:
+            if not isinstance(default, str) or required:
+                raise _FieldError(f"{where}.default", "must be a string, on an optional parameter")
+            try:
+                param = replace(param, default=param.check(default))
+            except ParamError as exc:
+                raise _FieldError(f"{where}.default", exc.message) from None
+        params.append(param)
+    return tuple(params)
+
+
+def _check_params_fill_urls(table: dict[str, Any], params: Sequence[ConnectionParam]) -> None:
+    """A parameter that a URL needs must always have a value: required, or a default."""
+    for param in params:
+        if param.required or param.default is not None:
+            continue
+        placeholder = "{" + param.name + "}"
+        for key in ("authorization_url", "token_url", "userinfo_url", "revoke_url", "refresh_url"):
+            if placeholder in str(table.get(key, "")):
+                raise _FieldError(
+                    f"params.{param.name}",
+                    f"is used in {key}, so it must be required or have a default",
+                )

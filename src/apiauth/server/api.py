@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from apiauth.domain import audit, connections, function_tokens, sites
+from apiauth.domain import audit, connections, function_tokens, sites, visitors
 from apiauth.domain.oauth_apps import list_oauth_apps
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
 from apiauth.server.rate_limits import client_address, rate_limits
@@ -19,6 +20,7 @@ from apiauth.server.schemas import (
     EventPageOut,
     FunctionTokenCreate,
     FunctionTokenOut,
+    ParamOut,
     ProviderOut,
     ProviderSecretOut,
     ScopeOut,
@@ -50,6 +52,17 @@ def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
             configured=p.name in configured,
             pkce=p.pkce,
             builtin=p.builtin,
+            params=[
+                ParamOut(
+                    name=a.name,
+                    description=a.description,
+                    required=a.required,
+                    pattern=a.pattern,
+                    choices=list(a.choices),
+                    default=a.default,
+                )
+                for a in p.params
+            ],
         )
         for p in broker.catalog.values()
     ]
@@ -122,7 +135,9 @@ def start_connection(
 ) -> AuthorizeOut:
     """Start the OAuth flow; open `authorize_url` in a browser to consent at the provider."""
     rate_limits(request).check_oauth_start(member.id, client_address(request))
-    start = connections.start_connection(broker, member, site, body.provider, body.scopes)
+    start = connections.start_connection(
+        broker, member, site, body.provider, body.scopes, params=body.params
+    )
     return AuthorizeOut(authorize_url=start.authorize_url, expires_at=start.expires_at)
 
 
@@ -148,12 +163,37 @@ def refresh_connection(
     return ConnectionOut.of(connections.refresh_site_connection(broker, member, site, provider))
 
 
-@router.get("/secrets", tags=["secrets"], response_model=dict[str, ProviderSecretOut])
-def read_secrets(request: Request, broker: BrokerDep, caller: SiteDep) -> dict[str, Any]:
+# The hottest route: the answer is built by `SecretView.to_json` in exactly the documented
+# shape and encoded once, instead of being validated again through `response_model`;
+# `responses=` keeps the shape in the OpenAPI description.
+@router.get(
+    "/secrets",
+    tags=["secrets"],
+    responses={200: {"model": dict[str, ProviderSecretOut], "description": "Successful Response"}},
+)
+def read_secrets(
+    request: Request,
+    broker: BrokerDep,
+    caller: SiteDep,
+    visitor_id: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=255,
+            description="A visitor's connections instead of the site owner's (site token, or "
+            "a function token bound to that visitor).",
+        ),
+    ] = None,
+) -> Response:
     """Every connected provider of the token's site, tokens refreshed first when due."""
-    found = connections.read_secrets(broker, caller)
-    audit.record_secrets_read(broker, caller, list(found), ip=_client_ip(request))
-    return {name: view.to_json() for name, view in found.items()}
+    whose = visitors.visitor_to_read(caller, visitor_id)
+    found = connections.read_secrets(broker, caller, whose)
+    audit.record_secrets_read(broker, caller, list(found), ip=_client_ip(request), visitor_id=whose)
+    body = {name: view.to_json() for name, view in found.items()}
+    return Response(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
+        media_type="application/json",
+    )
 
 
 @router.post("/function-tokens", status_code=status.HTTP_201_CREATED, tags=["secrets"])
@@ -163,7 +203,12 @@ def mint_function_token(
     """With a site token: a short-lived token for one build or function, optionally limited
     to some providers. It stops working when it expires or the site token is rotated."""
     token, expires_at = function_tokens.mint_function_token(
-        broker, caller, body.ttl_seconds, body.providers, ip=_client_ip(request)
+        broker,
+        caller,
+        body.ttl_seconds,
+        body.providers,
+        ip=_client_ip(request),
+        visitor_id=body.visitor_id,
     )
     return FunctionTokenOut(token=token, expires_at=expires_at)
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from apiauth.client import __version__
-from apiauth.domain import connections
+from apiauth.domain import connections, visitors
 from apiauth.domain.broker import Broker
 from apiauth.emulator import create_emulator_app
 from apiauth.errors import ApiAuthServerError, OAuthFlowError, RateLimited
@@ -33,6 +33,7 @@ from apiauth.server.proxy import router as proxy_router
 from apiauth.server.rate_limits import RateLimits
 from apiauth.server.schemas import ErrorResponse, Health
 from apiauth.server.security_headers import SecurityHeaders, style_hash
+from apiauth.server.visitor_api import router as visitor_router
 from apiauth.server.workers import background_workers
 from apiauth.store.db import schema_is_current
 
@@ -141,8 +142,7 @@ def create_app(
         return _error(
             422,
             "invalid_input",
-            "the request holds a value that cannot be stored or looked up, "
-            "such as a NUL character",
+            "the request holds a value that cannot be stored or looked up, such as a NUL character",
         )
 
     @app.exception_handler(OperationalError)
@@ -200,6 +200,10 @@ def create_app(
                 broker, state=state, code=code, error=error, error_description=error_description
             )
         except ApiAuthServerError as exc:
+            if isinstance(exc, OAuthFlowError) and exc.return_url:
+                return RedirectResponse(
+                    visitors.return_location(exc.return_url, apiauth_error=exc.message), 303
+                )
             if isinstance(exc, OAuthFlowError) and exc.return_to:
                 return RedirectResponse(_with_query(exc.return_to, error=exc.message), 303)
             if _wants_html(request):
@@ -210,6 +214,10 @@ def create_app(
                 )
             return _error(exc.status, exc.code, exc.message)
         view = done.connection
+        if done.return_url:
+            return RedirectResponse(
+                visitors.return_location(done.return_url, apiauth_connected=view.provider), 303
+            )
         if done.return_to:
             return RedirectResponse(_with_query(done.return_to, connected=view.provider), 303)
         who = view.account_login or view.account_id or "an account"
@@ -234,6 +242,7 @@ def create_app(
         )
 
     app.include_router(router)
+    app.include_router(visitor_router)
     app.include_router(proxy_router)
     install_dashboard(app)
     app.add_middleware(

@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView, authenticate_personal_token
-from apiauth.domain.sites import SiteCaller, authenticate_site_token
+from apiauth.domain.sites import SiteCaller, authenticate_site_token, cached_site_caller
 from apiauth.domain.web_sessions import signed_in
 from apiauth.errors import AuthenticationFailed, PermissionDenied
 from apiauth.server.dashboard.pages import CSRF_HEADER, SESSION_COOKIE
@@ -18,7 +19,8 @@ from apiauth.server.rate_limits import rate_limits
 _bearer = HTTPBearer(auto_error=False, description="apiauth_pat_… or apiauth_site_… token")
 
 
-def get_broker(request: Request) -> Broker:
+async def get_broker(request: Request) -> Broker:
+    # async: FastAPI runs a sync dependency in a worker thread, a hop this needs not.
     broker: Broker = request.app.state.broker
     return broker
 
@@ -54,7 +56,7 @@ def current_member(
     return member
 
 
-def current_site(
+async def current_site(
     request: Request,
     broker: BrokerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -63,7 +65,11 @@ def current_site(
         raise AuthenticationFailed(
             "send the site's token as `Authorization: Bearer …` (the APIAUTH_TOKEN variable)"
         )
-    caller = authenticate_site_token(broker, credentials.credentials)
+    # A token found valid within the last second is answered from memory, on the event loop;
+    # only a lookup in the database goes to a worker thread.
+    caller = cached_site_caller(broker, credentials.credentials)
+    if caller is None:
+        caller = await run_in_threadpool(authenticate_site_token, broker, credentials.credentials)
     # Counted once the token is known good, so that only real tokens take room in memory.
     rate_limits(request).check_token(credentials.credentials)
     return caller

@@ -20,10 +20,12 @@ from starlette.concurrency import run_in_threadpool
 
 from apiauth.domain.proxy import ProxyTarget, proxy_target, refreshed_target
 from apiauth.server.auth import BrokerDep, SiteDep
+from apiauth.server.schemas import ErrorResponse
 
 router = APIRouter(prefix="/api/v1/proxy", tags=["proxy"])
 
 RETRY_BODY_LIMIT = 1_000_000
+VISITOR_HEADER = "Apiauth-Visitor"
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -77,12 +79,19 @@ async def _body(request: Request) -> tuple[bytes | None, AsyncIterator[bytes] | 
     "/{provider}/{path:path}",
     methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
     summary="Call the provider's API with the site's token",
-    responses={200: {"description": "the provider's answer, passed through"}},
+    responses={
+        200: {"description": "the provider's answer, passed through"},
+        **{code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 502, 504)},
+        "default": {"description": "the provider's answer, passed through, whatever its status"},
+    },
 )
 async def proxy(
     provider: str, path: str, request: Request, broker: BrokerDep, caller: SiteDep
 ) -> StreamingResponse:
-    target = await run_in_threadpool(proxy_target, broker, caller, provider)
+    # A visitor's connection is named by a header (stripped like every `apiauth-*` one): the
+    # query string belongs to the provider's API and goes through untouched.
+    visitor = request.headers.get(VISITOR_HEADER)
+    target = await run_in_threadpool(proxy_target, broker, caller, provider, visitor)
     client = _client(request)
     body, stream = await _body(request)
 

@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from apiauth.domain.audit import EventPage, EventView
 from apiauth.domain.connections import ConnectionView
-from apiauth.domain.function_tokens import DEFAULT_TTL_SECONDS, MAX_PROVIDERS
+from apiauth.domain.function_tokens import DEFAULT_TTL_SECONDS, MAX_PROVIDERS, MAX_TTL_SECONDS
 from apiauth.domain.sites import SITE_NAME_PATTERN, SiteView
+from apiauth.domain.visitors import VisitorOverview
 
 
 class Strict(BaseModel):
@@ -66,14 +67,27 @@ class SiteTokenOut(BaseModel):
 
 
 class FunctionTokenCreate(Strict):
+    # Strict: JSON `true` is not a lifetime of one second. The range is documented here and
+    # checked by the domain, whose message says what the default is.
     ttl_seconds: int = Field(
-        default=DEFAULT_TTL_SECONDS, description="Lifetime, 1 to 86400 seconds.", examples=[900]
+        default=DEFAULT_TTL_SECONDS,
+        strict=True,
+        description="Lifetime, 1 to 86400 seconds.",
+        examples=[900],
+        json_schema_extra={"minimum": 1, "maximum": MAX_TTL_SECONDS},
     )
     providers: list[str] | None = Field(
         default=None,
         max_length=MAX_PROVIDERS,
         description="Providers the token may read (default: every provider of the site).",
         examples=[["github"]],
+    )
+    visitor_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Bind the token to one visitor: it reads that visitor's connections only.",
+        examples=["user-42"],
     )
 
 
@@ -88,6 +102,15 @@ class ScopeOut(BaseModel):
     default: bool
 
 
+class ParamOut(BaseModel):
+    name: str
+    description: str
+    required: bool
+    pattern: str | None
+    choices: list[str]
+    default: str | None
+
+
 class ProviderOut(BaseModel):
     name: str
     display_name: str
@@ -95,11 +118,21 @@ class ProviderOut(BaseModel):
     configured: bool
     pkce: bool
     builtin: bool
+    params: list[ParamOut] = Field(
+        default_factory=list,
+        description="Connection parameters the provider needs (`params` of a new connection).",
+    )
 
 
 class ConnectionCreate(Strict):
     provider: str = Field(min_length=1, max_length=63, examples=["github"])
     scopes: list[str] | None = Field(default=None, max_length=100)
+    params: dict[str, str] | None = Field(
+        default=None,
+        max_length=10,
+        description="The provider's connection parameters, such as Shopify's `shop`.",
+        examples=[{"shop": "acme"}],
+    )
 
 
 class AuthorizeOut(BaseModel):
@@ -195,3 +228,75 @@ class EventPageOut(BaseModel):
     @classmethod
     def of(cls, page: EventPage) -> EventPageOut:
         return cls(events=[EventOut.of(e) for e in page.events], next_before=page.next_before)
+
+
+class ConnectSessionCreate(Strict):
+    visitor_id: str = Field(
+        min_length=1,
+        max_length=255,
+        description="The site's own id for the visitor (printable, no spaces).",
+        examples=["user-42"],
+    )
+    providers: list[str] = Field(
+        min_length=1, max_length=100, description="Providers the visitor may connect."
+    )
+    scopes: dict[str, list[str]] | None = Field(
+        default=None,
+        max_length=100,
+        description="Scopes per provider (default: the provider's default scopes).",
+        examples=[{"github": ["read:user"]}],
+    )
+    return_url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="Where the visitor is sent back, with `apiauth_connected=<provider>` or "
+        "`apiauth_error=<message>` added: https, or http on localhost.",
+        examples=["https://my-site.example/account"],
+    )
+
+
+class ConnectSessionOut(BaseModel):
+    url: str = Field(description="The single-use link to hand the visitor.")
+    expires_at: datetime
+
+
+class VisitorDeletedOut(BaseModel):
+    visitor_id: str
+    deleted_connections: int
+    revoked_at_provider: int
+
+
+class ProviderCountsOut(BaseModel):
+    provider: str
+    total: int
+    by_status: dict[str, int]
+
+
+class VisitorOut(BaseModel):
+    visitor_id: str
+    connections: list[ConnectionOut]
+
+
+class VisitorOverviewOut(BaseModel):
+    total_visitors: int
+    providers: list[ProviderCountsOut]
+    visitors: list[VisitorOut]
+    more: bool = Field(description="More visitors match than `limit` listed.")
+
+    @classmethod
+    def of(cls, overview: VisitorOverview) -> VisitorOverviewOut:
+        return cls(
+            total_visitors=overview.total_visitors,
+            providers=[
+                ProviderCountsOut(provider=p.provider, total=p.total, by_status=dict(p.by_status))
+                for p in overview.providers
+            ],
+            visitors=[
+                VisitorOut(
+                    visitor_id=v.visitor_id,
+                    connections=[ConnectionOut.of(c) for c in v.connections],
+                )
+                for v in overview.visitors
+            ],
+            more=overview.more,
+        )

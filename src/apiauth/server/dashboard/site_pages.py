@@ -216,7 +216,11 @@ def connect(
     name: str,
     provider: Annotated[str, Form()] = "",
     scope: Annotated[list[str] | None, Form()] = None,
+    param_name: Annotated[list[str] | None, Form()] = None,
+    param_value: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
+    # The form lists each declared parameter's name (hidden) beside its input, in order.
+    params = {k: v for k, v in zip(param_name or [], param_value or [], strict=False) if v}
     rate_limits(request).check_oauth_start(who.member.id, client_address(request))
     try:
         started = connections.start_connection(
@@ -226,6 +230,7 @@ def connect(
             provider,
             scope or [],
             return_to=_api_auth_path(name),
+            params=params,
         )
     except ApiAuthServerError as exc:
         if exc.status == 404 and provider in broker_of(request).catalog:

@@ -1,0 +1,145 @@
+"""The memories of the `/api/v1/secrets` read path, each bounded in size and age.
+
+`AuthCache`: site and function tokens found valid, so that a busy function does not cost a
+database lookup per read. Why it is safe: an entry lives at most `SITE_TOKEN_CACHE_SECONDS`
+(1 s) from the moment its lookup began, so a token revoked on any replica (rotation,
+disable, a site deleted) stops working there within a second, without any message between
+replicas. A revocation made in this process clears the cache at once. Only positive answers
+are kept: a new token works at once, and a bad token always costs a lookup. An entry keeps
+its token's own expiry, checked at every hit, so a function token still dies on the second
+its TTL ends. Entries are keyed by the token's SHA-256 hash, never by the token.
+
+`OpenedTokens`: connection token sets already decrypted (see its docstring).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+SITE_TOKEN_CACHE_SECONDS = 1.0
+CAPACITY = 10_000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Entry(Generic[T]):
+    deadline: float  # monotonic
+    value: T
+    expires_at: datetime | None
+
+
+class AuthCache(Generic[T]):
+    """Positive token lookups for at most `seconds`, keyed by token hash."""
+
+    def __init__(
+        self,
+        seconds: float = SITE_TOKEN_CACHE_SECONDS,
+        capacity: int = CAPACITY,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.capacity = capacity
+        self._monotonic = monotonic
+        self._entries: dict[str, _Entry[T]] = {}
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    def begin(self) -> tuple[float, int]:
+        """Call before the lookup: its start bounds the entry's life, and a `clear()` that
+        happens during the lookup keeps its (possibly stale) answer out of the cache."""
+        return self._monotonic(), self._generation
+
+    def get(self, key: str, now: datetime) -> T | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.deadline <= self._monotonic() or (
+            entry.expires_at is not None and entry.expires_at <= now
+        ):
+            with self._lock:
+                if self._entries.get(key) is entry:
+                    del self._entries[key]
+            return None
+        return entry.value
+
+    def put(
+        self, key: str, value: T, expires_at: datetime | None, began: tuple[float, int]
+    ) -> None:
+        started, generation = began
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if generation != self._generation:
+                return
+            if len(self._entries) >= self.capacity:
+                self._evict()
+            self._entries[key] = _Entry(started + self.seconds, value, expires_at)
+
+    def clear(self) -> None:
+        """Forget everything: a token was revoked in this process."""
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _evict(self) -> None:
+        now = self._monotonic()
+        live = {k: e for k, e in self._entries.items() if e.deadline > now}
+        if len(live) >= self.capacity:
+            live.clear()  # a second's worth of distinct tokens: start over
+        self._entries = live
+
+
+OPENED_TOKENS_SECONDS = 300.0
+
+
+class OpenedTokens(Generic[T]):
+    """Token sets already decrypted, keyed by their row id *and* ciphertext: a row whose token
+    changed (refresh, re-consent, key rotation) has a new ciphertext and misses, so an answer
+    is never stale, and a ciphertext copied to another row misses too and is opened - and
+    refused - by the vault. What it saves is the two AES-GCM opens and the JSON parse of each
+    token on every read. Bounded in size and age: a plaintext token stays here at most five
+    minutes after it was last opened from the database."""
+
+    def __init__(
+        self,
+        seconds: float = OPENED_TOKENS_SECONDS,
+        capacity: int = CAPACITY,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.capacity = capacity
+        self._monotonic = monotonic
+        self._entries: dict[tuple[str, bytes], tuple[float, T]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, row_id: str, blob: bytes) -> T | None:
+        entry = self._entries.get((row_id, blob))
+        if entry is None or entry[0] <= self._monotonic():
+            return None
+        return entry[1]
+
+    def put(self, row_id: str, blob: bytes, value: T) -> None:
+        if self.seconds <= 0:
+            return
+        now = self._monotonic()
+        with self._lock:
+            if len(self._entries) >= self.capacity:
+                live = {k: e for k, e in self._entries.items() if e[0] > now}
+                self._entries = live if len(live) < self.capacity else {}
+            self._entries[(row_id, blob)] = (now + self.seconds, value)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict src
 
 test: lint
-	$(BIN)/pytest -n 4 --dist loadgroup
+	$(BIN)/pytest -n 4
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir site
 
 # Benchmarks (issue #6; not part of `make test`): needs `wrk` (apt-get install -y wrk) and

@@ -121,6 +121,9 @@ def test_a_restore_without_the_master_key_says_which_key_it_needs(tmp_path: Path
     assert "was encrypted with master key" in refused.stderr
     assert "APIAUTH_MASTER_KEY" in refused.stderr
     (tmp_path / "junk").write_bytes(b"hello\n")
-    junk = run_cli(["restore", str(tmp_path / "junk")], target)
-    assert junk.returncode == 1
-    assert "is not an apiauth backup" in junk.stderr
+    broker = open_broker(make_settings(tmp_path / "target", source, 8000, master_key=key))
+    try:
+        with pytest.raises(backup.BackupError, match="is not an apiauth backup"):
+            backup.open_backup(broker, tmp_path / "junk")
+    finally:
+        broker.close()

@@ -327,14 +327,18 @@ def test_every_bad_token_gets_the_same_401(live: LiveServer, http: httpx.Client)
     assert checked >= len(named) + EXAMPLES // 2
 
 
-def _median_ms(http: httpx.Client, url: str, token: str, rounds: int) -> float:
-    times = []
+def _medians_ms(
+    http: httpx.Client, url: str, kinds: dict[str, str], rounds: int
+) -> dict[str, float]:
+    """Round-robin over the kinds, so that whatever else the machine does slows all alike."""
+    times: dict[str, list[float]] = {what: [] for what in kinds}
     for _ in range(rounds):
-        started = time.perf_counter()
-        answer = http.get(url, headers=bearer(token))
-        times.append((time.perf_counter() - started) * 1000)
-        assert answer.status_code == 401
-    return statistics.median(times)
+        for what, token in kinds.items():
+            started = time.perf_counter()
+            answer = http.get(url, headers=bearer(token))
+            times[what].append((time.perf_counter() - started) * 1000)
+            assert answer.status_code == 401
+    return {what: statistics.median(values) for what, values in times.items()}
 
 
 def test_bad_tokens_are_refused_in_about_the_same_time(
@@ -342,8 +346,9 @@ def test_bad_tokens_are_refused_in_about_the_same_time(
 ) -> None:
     """Medians of 30 requests each: a revoked token (found by its hash, then refused), a random
     well-formed one (not found) and a malformed one (refused before any lookup). A generous
-    factor: this guards against a lookup that is orders of magnitude slower for one kind, not
-    against microsecond differences, which loopback HTTP noise hides anyway."""
+    bound (3 times, plus 5 ms for a loaded machine): this guards against a lookup that is far
+    slower for one kind, not against microsecond differences, which loopback HTTP noise hides
+    anyway."""
     tokens = bad_tokens(live, http)
     url = f"{live.url}/api/v1/secrets"
     kinds = {
@@ -351,8 +356,7 @@ def test_bad_tokens_are_refused_in_about_the_same_time(
         "random well-formed": generate_token(TokenKind.SITE),
         "malformed": _broken_checksum(tokens.valid),
     }
-    for token in kinds.values():  # warm up connections and caches
-        _median_ms(http, url, token, 5)
-    medians = {what: _median_ms(http, url, token, 30) for what, token in kinds.items()}
+    _medians_ms(http, url, kinds, 5)  # warm up connections and caches
+    medians = _medians_ms(http, url, kinds, 30)
     slowest, fastest = max(medians.values()), min(medians.values())
-    assert slowest < 3 * fastest, f"median times differ too much (ms): {medians}"
+    assert slowest < 3 * fastest + 5, f"median times differ too much (ms): {medians}"

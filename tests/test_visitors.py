@@ -93,7 +93,9 @@ def test_a_visitor_connects_through_the_hosted_page_and_lands_back_on_the_site(
     assert link.startswith(f"{live.url}/connect/")
     page = http.get(link)
     assert page.status_code == 200
-    assert "my-site" in page.text and "GitHub" in page.text and "Box" in page.text
+    assert "my-site" in page.text
+    assert "GitHub" in page.text
+    assert "Box" in page.text
     assert "Spotify" not in page.text
 
     pressed = http.post(link, data={"provider": "github"})
@@ -101,11 +103,13 @@ def test_a_visitor_connects_through_the_hosted_page_and_lands_back_on_the_site(
     back = consent(http, pressed.headers["location"])
     assert back.status_code == 303
     location = urlsplit(back.headers["location"])
-    assert location.netloc == "127.0.0.1:9" and location.path == "/account"
+    assert location.netloc == "127.0.0.1:9"
+    assert location.path == "/account"
     assert parse_qs(location.query) == {"tab": ["apps"], "apiauth_connected": ["github"]}
 
     alice = secrets_of(live, http, site_token, "alice").json()
-    assert list(alice) == ["github"] and alice["github"]["is_logged_in"]
+    assert list(alice) == ["github"]
+    assert alice["github"]["is_logged_in"]
     assert secrets_of(live, http, site_token).json() == {}, "the owner sees no visitor's token"
     owners_list = http.get(
         f"{live.url}/api/v1/sites/my-site/connections",
@@ -113,10 +117,7 @@ def test_a_visitor_connects_through_the_hosted_page_and_lands_back_on_the_site(
     )
     assert owners_list.json() == []
 
-
-def test_a_denied_consent_goes_back_with_the_error(
-    live: LiveServer, http: httpx.Client, site_token: str
-) -> None:
+    # Another visitor says no at the provider: back to the site with the reason.
     link = connect_link(live, http, site_token, "bob")
     pressed = http.post(link, data={"provider": "box"})
     back = consent(http, pressed.headers["location"], button="Deny")
@@ -125,7 +126,7 @@ def test_a_denied_consent_goes_back_with_the_error(
     assert secrets_of(live, http, site_token, "bob").json() == {}
 
 
-def test_the_link_works_once_and_expires(
+def test_a_connect_link_is_checked_works_once_and_expires(
     live: LiveServer, http: httpx.Client, site_token: str
 ) -> None:
     link = connect_link(live, http, site_token, "carol")
@@ -150,10 +151,7 @@ def test_the_link_works_once_and_expires(
     assert http.post(expiring, data={"provider": "github"}).status_code == 410
     assert http.get(f"{live.url}/connect/not-a-link").status_code == 404
 
-
-def test_connect_sessions_refuse_bad_requests_and_function_tokens(
-    live: LiveServer, http: httpx.Client, site_token: str
-) -> None:
+    # Only a site token asks for links, for a well-formed visitor, providers and return URL.
     url = f"{live.url}/api/v1/connect-sessions"
     good = {"visitor_id": "dave", "providers": ["github"], "return_url": RETURN_URL}
     for change in (
@@ -216,7 +214,8 @@ def test_a_function_calls_the_provider_as_the_visitor_through_the_proxy(
     proxy = f"{live.url}/api/v1/proxy/github/user"
     assert http.get(proxy, headers=bearer(site_token)).status_code == 404, "the owner has none"
     as_erin = http.get(proxy, headers={**bearer(site_token), "Apiauth-Visitor": "erin"})
-    assert as_erin.status_code == 200 and as_erin.json()["login"]
+    assert as_erin.status_code == 200
+    assert as_erin.json()["login"]
     bound = function_token(live, http, site_token, visitor_id="frank")
     refused = http.get(proxy, headers={**bearer(bound), "Apiauth-Visitor": "erin"})
     assert refused.status_code == 403
@@ -330,3 +329,29 @@ def test_a_visitors_read_returns_exactly_their_own_tokens(
                 assert got == expected, f"read of {whose or 'the owner'!r}"
 
     check()
+
+
+def test_the_dashboard_lists_visitor_counts_searches_and_deletes_a_visitor(
+    live: LiveServer, owner: MemberView, site_token: str
+) -> None:
+    from apiauth.domain.web_sessions import start_session
+
+    site_id = sites.get_site(live.broker, owner, "my-site").id
+    for visitor, provider in (("ann-1", "github"), ("ann-2", "box"), ("zed", "github")):
+        store_connection(live.broker, site_id, provider, f"t-{visitor}", visitor_id=visitor)
+    session = start_session(live.broker, owner)
+    with httpx.Client(cookies={"apiauth_session": session.token}, timeout=15) as browser:
+        page = browser.get(f"{live.url}/sites/my-site/visitors", params={"search": "ann"})
+        assert page.status_code == 200
+        assert "ann-1" in page.text
+        assert "ann-2" in page.text
+        assert "<code>zed</code>" not in page.text
+        assert "t-ann-1" not in page.text, "never a token"
+        deleted = browser.post(
+            f"{live.url}/sites/my-site/visitors/delete",
+            data={"visitor_id": "ann-1", "csrf_token": session.csrf_token},
+        )
+        assert deleted.status_code == 303
+        after = browser.get(f"{live.url}/sites/my-site/visitors").text
+        assert "<code>ann-1</code>" not in after
+        assert "<code>ann-2</code>" in after

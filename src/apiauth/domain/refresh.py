@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
 
@@ -53,7 +53,18 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 900.0
 WAIT_POLL_SECONDS = 0.1
 
-Due = Callable[[Connection, TokenSet | None, datetime], bool]
+class ConnectionState(Protocol):
+    """What a `Due` rule reads of a connection: an ORM row, or a row of just these columns
+    (the secrets read path loads no ORM objects)."""
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def refresh_due_at(self) -> datetime | None: ...
+
+
+Due = Callable[[ConnectionState, TokenSet | None, datetime], bool]
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ def is_due_for_reader(broker: Broker) -> Due:
     says not yet (then it is handed out while valid, and as not logged in after)."""
     margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
 
-    def due(connection: Connection, token: TokenSet | None, now: datetime) -> bool:
+    def due(connection: ConnectionState, token: TokenSet | None, now: datetime) -> bool:
         return (
             token is not None
             and token.refresh_token is not None
@@ -96,7 +107,7 @@ def is_due_for_reader(broker: Broker) -> Due:
     return due
 
 
-def is_due_on_schedule(connection: Connection, token: TokenSet | None, now: datetime) -> bool:
+def is_due_on_schedule(connection: ConnectionState, token: TokenSet | None, now: datetime) -> bool:
     """The refresher's rule: the row's own schedule says so."""
     return (
         token is not None
@@ -107,7 +118,7 @@ def is_due_on_schedule(connection: Connection, token: TokenSet | None, now: date
     )
 
 
-def is_refreshable(connection: Connection, token: TokenSet | None, now: datetime) -> bool:
+def is_refreshable(connection: ConnectionState, token: TokenSet | None, now: datetime) -> bool:
     """A person asked: refresh whenever there is a refresh token, backoff or not."""
     return token is not None and token.refresh_token is not None
 

@@ -13,6 +13,8 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from sqlalchemy.exc import DBAPIError
+
 from apiauth.domain.broker import Broker
 from apiauth.domain.refresh import (
     Lease,
@@ -38,7 +40,12 @@ class Refresher:
         self.refreshed = 0
 
     def start(self) -> None:
-        release_stale_statuses(self.broker)
+        try:
+            release_stale_statuses(self.broker)
+        except DBAPIError as exc:
+            # A database refusing writes (read-only, failing over) must not keep the server
+            # from starting and serving reads; lapsed leases are taken over later anyway.
+            log.warning("could not release stale refresh statuses at start: %s", type(exc).__name__)
         self._thread = threading.Thread(target=self.run, name="apiauth-refresher", daemon=True)
         self._thread.start()
 

@@ -26,13 +26,17 @@ def _token_aad(connection_id: str) -> bytes:
 
 
 def open_token(broker: Broker, connection: Connection) -> TokenSet | None:
-    blob = connection.token_enc
+    return open_sealed_token(broker, connection.id, connection.token_enc)
+
+
+def open_sealed_token(broker: Broker, connection_id: str, blob: bytes | None) -> TokenSet | None:
+    """A connection's token set from its row id and `token_enc`, opened once per ciphertext."""
     if blob is None:
         return None
-    token = broker.opened_tokens.get(connection.id, blob)
+    token = broker.opened_tokens.get(connection_id, blob)
     if token is None:
-        token = TokenSet.from_json(broker.vault.open_json(blob, _token_aad(connection.id)))
-        broker.opened_tokens.put(connection.id, blob, token)
+        token = TokenSet.from_json(broker.vault.open_json(blob, _token_aad(connection_id)))
+        broker.opened_tokens.put(connection_id, blob, token)
     return token
 
 

@@ -187,7 +187,8 @@ class _Emulator:
     async def admin_faults(self, request: Request) -> Response:
         """Queue a fault: `{"provider", "endpoint": "authorize|token|userinfo|revoke",
         "status": int|null, "body": {}, "headers": {}, "delay_seconds": 0, "times": 1}`, or
-        garbage: `"raw_body": "<html>…", "content_type": "text/html", "trickle_seconds": 0.5`."""
+        garbage: `"raw_body": "<html>…", "content_type": "text/html", "raw_body_repeat": 1,
+        "trickle_seconds": 0.5`."""
         try:
             spec = json.loads(await request.body())
             provider, endpoint = spec["provider"], spec["endpoint"]
@@ -200,6 +201,7 @@ class _Emulator:
                 raw_body=None if spec.get("raw_body") is None else str(spec["raw_body"]),
                 content_type=str(spec.get("content_type") or "application/json"),
                 trickle_seconds=float(spec.get("trickle_seconds") or 0.0),
+                raw_body_repeat=max(1, min(int(spec.get("raw_body_repeat") or 1), 10_000_000)),
             )
             times = int(spec.get("times", 1))
         except (ValueError, KeyError, TypeError) as exc:
@@ -679,7 +681,7 @@ def _consent_error(provider: Provider, message: str) -> Response:
 def _fault_response(fault: Fault) -> Response:
     if fault.raw_body is None:
         return JSONResponse(fault.body, fault.status or 200, headers=fault.headers)
-    body = fault.raw_body.encode("utf-8")
+    body = fault.raw_body.encode("utf-8") * fault.raw_body_repeat
     if not fault.trickle_seconds:
         return Response(body, fault.status or 200, fault.headers, fault.content_type)
 

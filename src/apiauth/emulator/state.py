@@ -94,6 +94,7 @@ class Fault:
     # Garbage instead of JSON: `raw_body` sent as is with `content_type`, and, with
     # `trickle_seconds`, one byte at a time that far apart (a slow-loris provider).
     raw_body: str | None = None
+    raw_body_repeat: int = 1  # a body larger than the admin call may carry
     content_type: str = "application/json"
     trickle_seconds: float = 0.0
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from apiauth.server.dashboard import account_pages, connect_pages, site_pages, team_pages
+from apiauth.server.dashboard import (
+    account_pages,
+    connect_pages,
+    site_pages,
+    team_pages,
+    visitor_pages,
+)
 from apiauth.server.dashboard.throttle import LoginThrottle
 
 __all__ = ["install_dashboard"]
@@ -21,6 +27,7 @@ def install_dashboard(app: FastAPI) -> None:
     app.include_router(site_pages.router)
     app.include_router(team_pages.router)
     app.include_router(connect_pages.router)
+    app.include_router(visitor_pages.router)
     app.mount(
         "/static",
         StaticFiles(packages=[("apiauth.server.dashboard", "static")]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
@@ -75,16 +76,6 @@ async def _body(request: Request) -> tuple[bytes | None, AsyncIterator[bytes] | 
     return None, request.stream()
 
 
-@router.api_route(
-    "/{provider}/{path:path}",
-    methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-    summary="Call the provider's API with the site's token",
-    responses={
-        200: {"description": "the provider's answer, passed through"},
-        **{code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 502, 504)},
-        "default": {"description": "the provider's answer, passed through, whatever its status"},
-    },
-)
 async def proxy(
     provider: str, path: str, request: Request, broker: BrokerDep, caller: SiteDep
 ) -> StreamingResponse:
@@ -124,6 +115,24 @@ async def proxy(
         status_code=answer.status_code,
         headers=headers,
         background=BackgroundTask(answer.aclose),
+    )
+
+
+PROXIED_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the provider's answer, passed through"},
+    **{code: {"model": ErrorResponse} for code in (401, 403, 404, 409, 422, 502, 504)},
+    "default": {"description": "the provider's answer, passed through, whatever its status"},
+}
+# One route per method, so that each has its own OpenAPI operation id.
+for _method in PROXIED_METHODS:
+    router.add_api_route(
+        "/{provider}/{path:path}",
+        proxy,
+        methods=[_method],
+        name=f"proxy_{_method.lower()}",
+        summary=f"{_method} the provider's API with the site's token",
+        responses=_PROXY_RESPONSES,
     )
 
 

@@ -53,6 +53,7 @@ BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 900.0
 WAIT_POLL_SECONDS = 0.1
 
+
 class ConnectionState(Protocol):
     """What a `Due` rule reads of a connection: an ORM row, or a row of just these columns
     (the secrets read path loads no ORM objects)."""

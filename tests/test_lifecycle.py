@@ -40,6 +40,10 @@ def server(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
         validate_interval_seconds=2,
         http_timeout_seconds=1.0,
         refresh_lease_seconds=5,
+        # These tests read as fast as they can on purpose (refresh storms); the per-token
+        # rate limit, which would answer 429 first, has tests of its own.
+        rate_limit_per_token=100_000,
+        rate_limit_burst=100_000,
     ) as live:
         yield live
 

@@ -102,6 +102,9 @@ class Deployment:
                     "APIAUTH_REFRESH_LEASE_SECONDS": str(LEASE),
                     "APIAUTH_HTTP_TIMEOUT_SECONDS": "10",
                     "APIAUTH_REFRESHER_RECHECK_SECONDS": "1",
+                    # Readers here hammer one token on purpose; the rate limit is tested apart.
+                    "APIAUTH_RATE_LIMIT_PER_TOKEN": "100000",
+                    "APIAUTH_RATE_LIMIT_BURST": "100000",
                 }
             )
             if database_url is None:  # one SQLite file, in the first server's data dir

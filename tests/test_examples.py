@@ -146,12 +146,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
 
 
 @contextmanager
-def web_app(demo: Demo, command: Sequence[str], port: int, token: str) -> Iterator[str]:
+def web_app(
+    demo: Demo, command: Sequence[str], port: int, token: str, *, cwd: Path | None = None
+) -> Iterator[str]:
     """A web example served by its README's command (`uvicorn …`, `flask … run`) on `port`."""
     process = subprocess.Popen(
         [sys.executable, "-m", *command],
         env=demo.env(token),
-        cwd=EXAMPLES / "check-status",
+        cwd=cwd or EXAMPLES / "check-status",
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -343,3 +345,38 @@ def test_github_repos_endpoint_pages_with_a_link_header(demo: Demo) -> None:
     assert first.headers["X-OAuth-Scopes"] == "repo, read:user"
     last = httpx.get(first.links["last"]["url"], headers=headers).json()
     assert [repo["name"] for repo in last] == ["secret-plans"]
+
+
+# --------------------------------------------------------------------------- visitors
+
+
+def test_each_visitor_connects_their_own_github_and_the_site_acts_for_them(demo: Demo) -> None:
+    port = free_port()
+    command = ["flask", "--app", "app", "run", "--port", str(port)]
+    with (
+        web_app(demo, command, port, demo.bare_token, cwd=EXAMPLES / "visitors") as site,
+        httpx.Client(timeout=30) as browser,
+    ):
+        before = browser.get(f"{site}/repos", params={"visitor": "alice"})
+        assert before.status_code == 404
+        assert "has not connected GitHub" in before.json()["message"]
+
+        link = browser.get(f"{site}/connect", params={"visitor": "alice"})
+        assert link.status_code == 303
+        assert link.headers["location"].startswith(f"{demo.server.url}/connect/")
+        pressed = browser.post(link.headers["location"], data={"provider": "github"})
+        assert pressed.status_code == 303
+        back = consent(browser, pressed.headers["location"])
+        assert back.status_code == 303
+        landed = browser.get(back.headers["location"])
+        assert landed.json() == {"connected": "github"}
+
+        alice = browser.get(f"{site}/repos", params={"visitor": "alice"}).json()
+        assert alice["login"] == "octocat"
+        assert alice["repos"]
+        bob = browser.get(f"{site}/repos", params={"visitor": "bob"})
+        assert bob.status_code == 404, "one visitor's connection never serves another"
+
+        forgotten = browser.post(f"{site}/forget", params={"visitor": "alice"}).json()
+        assert forgotten == {"deleted_connections": 1, "revoked_at_provider": 1}
+        assert browser.get(f"{site}/repos", params={"visitor": "alice"}).status_code == 404

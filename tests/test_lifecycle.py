@@ -118,7 +118,7 @@ def test_the_refresher_refreshes_before_expiry_without_any_reader(site: Site) ->
     assert later.expires_at is not None
     assert first.expires_at is not None
     assert later.expires_at > first.expires_at
-    assert later.status == "connected"
+    assert later.status in ("connected", "refreshing")  # the next refresh may be under way
     assert site.stats("box")["refresh_token_reuse"] == 0
 
 
@@ -136,10 +136,15 @@ def test_transient_failures_keep_the_connection_and_are_retried_with_backoff(
     served = site.read("spotify")
     if served["is_logged_in"]:
         assert site.accepted("spotify", served["bearer_token"])
-    wait_until(lambda: site.stats("spotify")["refreshes"] >= 1, timeout=3 * TTL)
+    # The emulator counts a refresh when it answers, a moment before apiauth stores it.
+    wait_until(
+        lambda: site.stats("spotify")["refreshes"] >= 1
+        and site.connection("spotify").last_error is None,
+        timeout=3 * TTL,
+    )
     recovered = site.connection("spotify")
     assert recovered.last_error is None
-    assert recovered.status == "connected"
+    assert recovered.status in ("connected", "refreshing")
     fresh = site.read("spotify")
     assert fresh["bearer_token"] != bearer
     assert site.accepted("spotify", fresh["bearer_token"])

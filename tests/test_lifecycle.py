@@ -138,8 +138,10 @@ def test_transient_failures_keep_the_connection_and_are_retried_with_backoff(
         assert site.accepted("spotify", served["bearer_token"])
     # The emulator counts a refresh when it answers, a moment before apiauth stores it.
     wait_until(
-        lambda: site.stats("spotify")["refreshes"] >= 1
-        and site.connection("spotify").last_error is None,
+        lambda: (
+            site.stats("spotify")["refreshes"] >= 1
+            and site.connection("spotify").last_error is None
+        ),
         timeout=3 * TTL,
     )
     recovered = site.connection("spotify")

@@ -46,12 +46,12 @@ def render(login: str, repos: list[dict[str, object]]) -> str:
     items = "\n".join(
         f'    <li><a href="{html.escape(str(repo["html_url"]))}">'
         f"{html.escape(str(repo['full_name']))}</a>"
-        f" – {html.escape(str(repo.get('description') or ''))}</li>"
+        f" &ndash; {html.escape(str(repo.get('description') or ''))}</li>"
         for repo in repos
         if not repo.get("private")  # a public page: private repositories stay out
     )
     return (
-        "<!doctype html>\n<html lang=\"en\">\n<meta charset=\"utf-8\">\n"
+        '<!doctype html>\n<html lang="en">\n<meta charset="utf-8">\n'
         f"<title>Repositories of {html.escape(login)}</title>\n"
         f"<h1>Repositories of {html.escape(login)}</h1>\n<ul>\n{items}\n</ul>\n</html>\n"
     )

@@ -170,9 +170,9 @@ def test_a_provider_that_does_not_answer_in_time_is_a_transient_failure(site: Si
     site.connect("box")
     site.fault("box", "token", status=500, delay_seconds=3)
     wait_until(lambda: "in time" in (site.connection("box").last_error or ""), timeout=3 * TTL)
-    assert site.connection("box").status == "connected"
+    assert site.connection("box").status in ("connected", "refreshing")  # never needs_reauth
     wait_until(lambda: site.stats("box")["refreshes"] >= 1, timeout=3 * TTL)
-    assert site.connection("box").status == "connected"
+    assert site.connection("box").status in ("connected", "refreshing")
 
 
 def test_invalid_grant_marks_the_connection_for_reauthorization(site: Site) -> None:

@@ -201,7 +201,7 @@ def test_a_failing_provider_is_not_stormed_however_many_readers_arrive(site: Sit
     # Backoff 0.5 s, 1 s, 2 s, 2 s … (+20 % jitter) over at most 12 s: a handful, not `reads`.
     assert reads > 50
     assert attempts <= 10
-    assert site.connection("box").status == "connected"
+    assert site.connection("box").status in ("connected", "refreshing")  # never needs_reauth
 
 
 def test_a_token_without_expiry_is_checked_and_refreshed_when_refused(site: Site) -> None:
@@ -266,7 +266,9 @@ def test_a_lease_left_by_a_dead_process_lapses_and_the_refresh_happens(
             )
         )
     broker.refresh_wakeup.set()
-    wait_until(lambda: site.stats("box")["refreshes"] >= 1, timeout=3 * TTL)
+    # The emulator counts a refresh when it answers, a moment before apiauth stores it.
+    wait_until(lambda: site.connection("box").last_refreshed_at is not None, timeout=3 * TTL)
     view = site.connection("box")
-    assert view.status == "connected"
+    assert site.stats("box")["refreshes"] >= 1
+    assert view.status in ("connected", "refreshing")  # no longer held by the dead process
     assert isinstance(view.last_refreshed_at, datetime)

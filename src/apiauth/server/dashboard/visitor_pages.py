@@ -9,6 +9,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from apiauth.domain import sites, visitors
+from apiauth.domain.token_store import CONNECTED, NEEDS_REAUTH, REFRESHING
 from apiauth.server.dashboard.pages import (
     DashboardRoute,
     Flash,
@@ -21,7 +22,7 @@ from apiauth.server.dashboard.pages import (
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
-STATUSES = ("connected", "refreshing", "needs_reauth")
+STATUSES = (CONNECTED, REFRESHING, NEEDS_REAUTH)
 
 
 def _visitors_path(name: str) -> str:

@@ -322,12 +322,29 @@ def _event(db: Any, connection: Connection, kind: str, detail: dict[str, Any]) -
     deliveries.enqueue(db, site, kind, detail)
 
 
-def _store_fresh(broker: Broker, lease: Lease, fresh: TokenSet, now: datetime) -> Refreshed:
+def _settle(
+    broker: Broker,
+    lease: Lease,
+    change: Callable[[Any, Connection], None],
+    fresh: TokenSet | None = None,
+) -> Refreshed:
+    """Store a refresh's outcome on the leased row and release the lease, in one transaction.
+
+    If the row's version moved on, our lease lapsed and another process stored a newer token
+    meanwhile: theirs is kept and `change` is not applied."""
     with transaction(broker.sessions) as db:
         connection = _locked_own_row(db, lease)
         if connection.version != lease.version:
-            # Our lease lapsed and another process stored a newer token: keep theirs.
             return Refreshed(connection, open_token(broker, connection))
+        change(db, connection)
+        _release(connection)
+        token = fresh if fresh is not None else open_token(broker, connection)
+    broker.refresh_wakeup.set()
+    return Refreshed(connection, token)
+
+
+def _store_fresh(broker: Broker, lease: Lease, fresh: TokenSet, now: datetime) -> Refreshed:
+    def change(db: Any, connection: Connection) -> None:
         put_token(broker, connection, fresh, now)
         connection.granted_scopes = list(fresh.granted_scopes)
         connection.status = CONNECTED
@@ -335,54 +352,42 @@ def _store_fresh(broker: Broker, lease: Lease, fresh: TokenSet, now: datetime) -
         connection.last_error = None
         connection.failure_count = 0
         connection.version += 1
-        _release(connection)
         _event(db, connection, "connection.refreshed", {})
-    broker.refresh_wakeup.set()
-    return Refreshed(connection, fresh)
+
+    return _settle(broker, lease, change, fresh)
 
 
 def _store_checked(broker: Broker, lease: Lease, now: datetime) -> Refreshed:
-    with transaction(broker.sessions) as db:
-        connection = _locked_own_row(db, lease)
-        token = open_token(broker, connection)
-        if connection.version == lease.version:
-            connection.status = CONNECTED
-            connection.last_error = None
-            connection.failure_count = 0
-            connection.refresh_due_at = now + timedelta(
-                seconds=broker.settings.validate_interval_seconds
-            )
-            _release(connection)
-        return Refreshed(connection, token)
+    def change(db: Any, connection: Connection) -> None:
+        connection.status = CONNECTED
+        connection.last_error = None
+        connection.failure_count = 0
+        connection.refresh_due_at = now + timedelta(
+            seconds=broker.settings.validate_interval_seconds
+        )
+
+    return _settle(broker, lease, change)
 
 
 def _store_refused(broker: Broker, lease: Lease, exc: InvalidGrant) -> Refreshed:
-    with transaction(broker.sessions) as db:
-        connection = _locked_own_row(db, lease)
-        token = open_token(broker, connection)
-        if connection.version != lease.version:
-            # Someone else refreshed with the same refresh token first: theirs is good.
-            return Refreshed(connection, token)
+    def change(db: Any, connection: Connection) -> None:
+        # (When another process refreshed with the same refresh token first, `_settle` keeps
+        # its good token and this is not applied.)
         connection.status = NEEDS_REAUTH
         connection.last_error = exc.message
         connection.refresh_due_at = None
-        _release(connection)
         _event(db, connection, "connection.needs_reauth", {"error": exc.message})
-        return Refreshed(connection, token)
+
+    return _settle(broker, lease, change)
 
 
 def _store_failure(broker: Broker, lease: Lease, exc: ProviderError) -> Refreshed:
-    with transaction(broker.sessions) as db:
-        connection = _locked_own_row(db, lease)
-        token = open_token(broker, connection)
-        if connection.version != lease.version:
-            return Refreshed(connection, token)
+    def change(db: Any, connection: Connection) -> None:
         connection.failure_count += 1
         delay = backoff_seconds(connection.failure_count, exc.retry_after)
         connection.status = CONNECTED
         connection.last_error = exc.message
         connection.refresh_due_at = broker.clock() + timedelta(seconds=delay)
-        _release(connection)
         _event(
             db,
             connection,
@@ -395,8 +400,8 @@ def _store_failure(broker: Broker, lease: Lease, exc: ProviderError) -> Refreshe
             exc.message,
             delay,
         )
-    broker.refresh_wakeup.set()
-    return Refreshed(connection, token)
+
+    return _settle(broker, lease, change)
 
 
 def release_stale_statuses(broker: Broker) -> None:

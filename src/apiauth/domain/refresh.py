@@ -108,17 +108,6 @@ def is_due_for_reader(broker: Broker) -> Due:
     return due
 
 
-def is_due_on_schedule(connection: ConnectionState, token: TokenSet | None, now: datetime) -> bool:
-    """The refresher's rule: the row's own schedule says so."""
-    return (
-        token is not None
-        and token.refresh_token is not None
-        and connection.status != NEEDS_REAUTH
-        and connection.refresh_due_at is not None
-        and connection.refresh_due_at <= now
-    )
-
-
 def is_refreshable(connection: ConnectionState, token: TokenSet | None, now: datetime) -> bool:
     """A person asked: refresh whenever there is a refresh token, backoff or not."""
     return token is not None and token.refresh_token is not None

@@ -13,6 +13,7 @@ from apiauth.domain import audit, deliveries
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView
 from apiauth.domain.token_format import TokenKind, generate_token, hash_token, token_kind
+from apiauth.domain.token_store import NEEDS_REAUTH
 from apiauth.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
 from apiauth.store.db import transaction
 from apiauth.store.models import Connection, Site, SiteToken, new_id
@@ -83,7 +84,7 @@ def _view(db: Session, site: Site) -> SiteView:
         webhook_url=site.webhook_url,
         created_at=site.created_at,
         connection_count=sum(by_status.values()),
-        needs_attention=by_status.get("needs_reauth", 0),
+        needs_attention=by_status.get(NEEDS_REAUTH, 0),
     )
 
 

@@ -5,15 +5,24 @@ ciphertext copied to another row is still refused though its plaintext was opene
 from __future__ import annotations
 
 import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, event, select, text, update
 
 from apiauth.domain import connections, sites
 from apiauth.domain.broker import Broker, open_broker
 from apiauth.domain.members import MemberView
-from apiauth.domain.read_caches import SITE_TOKEN_CACHE_SECONDS, AuthCache
+from apiauth.domain.read_caches import (
+    SITE_TOKEN_CACHE_SECONDS,
+    Answer,
+    Answers,
+    AuthCache,
+    watch_writes,
+)
 from apiauth.domain.token_store import open_token
 from apiauth.store.db import transaction
 from apiauth.store.models import Connection, utcnow
@@ -109,3 +118,113 @@ def test_a_cache_of_zero_seconds_keeps_nothing() -> None:
     cache: AuthCache[str] = AuthCache(seconds=0.0)
     cache.put("hash", "caller", None, cache.begin())
     assert cache.get("hash", utcnow()) is None
+
+
+def _connected_site(broker: Broker, owner: MemberView, http: httpx.Client) -> str:
+    sites.create_site(broker, owner, "my-site")
+    token = sites.enable_api_auth(broker, owner, "my-site")
+    for provider in ("github", "spotify"):
+        started = connections.start_connection(broker, owner, "my-site", provider)
+        assert consent(http, started.authorize_url).status_code == 200
+    return token
+
+
+class _Queries:
+    """Counts the statements the server sends about tokens and connections."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.seen: list[str] = []
+        event.listen(broker.engine, "after_cursor_execute", self._executed)
+        self._engine = broker.engine
+
+    def _executed(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "site_tokens" in statement or "connections" in statement:
+            self.seen.append(statement)
+
+    def close(self) -> None:
+        event.remove(self._engine, "after_cursor_execute", self._executed)
+
+
+def test_a_remembered_answer_is_the_routes_answer_and_asks_the_database_nothing(
+    live: LiveServer, broker: Broker, owner: MemberView, http: httpx.Client
+) -> None:
+    token = _connected_site(broker, owner, http)
+    url = live.url + "/api/v1/secrets"
+    first = http.get(url, headers=bearer(token))  # looked up: the FastAPI route
+    queries = _Queries(broker)
+    try:
+        second = http.get(url, headers=bearer(token))  # remembered: the fast path
+    finally:
+        queries.close()
+    assert first.status_code == second.status_code == 200
+    assert queries.seen == [], "a read within the second went to the database"
+    assert second.content == first.content
+    assert set(first.json()) == {"github", "spotify"}
+    shown = {k: v for k, v in first.headers.items() if k not in ("date", "server")}
+    assert {k: v for k, v in second.headers.items() if k not in ("date", "server")} == shown
+    assert shown["content-type"] == "application/json"
+    assert "nosniff" in shown["x-content-type-options"]
+
+
+def test_a_change_made_in_this_process_is_read_at_once(
+    live: LiveServer, broker: Broker, owner: MemberView, http: httpx.Client
+) -> None:
+    token = _connected_site(broker, owner, http)
+    url = live.url + "/api/v1/secrets"
+    before = http.get(url, headers=bearer(token)).json()
+    assert http.get(url, headers=bearer(token)).json() == before  # remembered
+
+    connections.refresh_site_connection(broker, owner, "my-site", "spotify")
+    refreshed = http.get(url, headers=bearer(token)).json()
+    assert refreshed["spotify"]["bearer_token"] != before["spotify"]["bearer_token"]
+    assert refreshed["github"] == before["github"]
+
+    assert connections.delete_connection(broker, owner, "my-site", "github")
+    assert set(http.get(url, headers=bearer(token)).json()) == {"spotify"}
+
+
+def test_an_answer_lives_a_second_at_most_and_never_past_a_tokens_change() -> None:
+    now = [100.0]
+    answers = Answers(seconds=1.0, monotonic=lambda: now[0])
+    answer = Answer(b"{}", ())
+    wall = utcnow()
+    answers.put(("token", ""), answer, wall + timedelta(seconds=10), answers.begin())
+    now[0] += 0.99
+    assert answers.get(("token", ""), wall) is answer
+    now[0] += 0.02
+    assert answers.get(("token", ""), wall) is None
+
+    # A token in it falls due for a refresh in half a second (wall clock).
+    answers.put(("token", ""), answer, wall + timedelta(seconds=0.5), answers.begin())
+    assert answers.get(("token", ""), wall) is answer
+    assert answers.get(("token", ""), wall + timedelta(seconds=0.5)) is None
+
+
+def test_a_write_to_connections_forgets_answers_and_keeps_out_a_read_that_overlapped_it(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    answers = Answers(seconds=1.0)
+    watch_writes(engine, frozenset({"connections"}), answers.clear)
+    with engine.begin() as db:
+        db.execute(text("CREATE TABLE connections (id INTEGER PRIMARY KEY, token TEXT)"))
+        db.execute(text("CREATE TABLE audit_events (id INTEGER PRIMARY KEY)"))
+    answer = Answer(b"{}", ())
+    far = utcnow() + timedelta(hours=1)
+
+    answers.put(("t", ""), answer, far, answers.begin())
+    with engine.begin() as db:  # another table: nothing forgotten
+        db.execute(text("INSERT INTO audit_events (id) VALUES (1)"))
+    assert answers.get(("t", ""), utcnow()) is answer
+
+    with engine.connect() as db:
+        db.execute(text("INSERT INTO connections (token) VALUES ('new')"))
+        assert answers.get(("t", ""), utcnow()) is None  # forgotten when written
+        # A read that begins now still sees the old rows: what it found is not kept.
+        began = answers.begin()
+        answers.put(("t", ""), answer, far, began)
+        db.commit()
+    assert answers.get(("t", ""), utcnow()) is None  # forgotten again once committed
+    answers.put(("t", ""), answer, far, answers.begin())
+    assert answers.get(("t", ""), utcnow()) is answer
+    engine.dispose()

@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         description="How long a process may hold a refresh before another may take it over "
         "(a process that dies mid-refresh loses it after this).",
     )
+    read_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="How long a process may answer a secrets read from memory (the token "
+        "found valid, the encoded answer) before asking the database again. At most 1 s: "
+        "the bound on how long a token revoked on another replica keeps working. 0: ask the "
+        "database on every read.",
+    )
     refresher_recheck_seconds: float = Field(
         default=30.0,
         gt=0,

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from apiauth.config import Settings, oauth_app_from_env
 from apiauth.domain.audit import AuditBuffer
-from apiauth.domain.read_caches import AuthCache, OpenedTokens
+from apiauth.domain.read_caches import Answers, AuthCache, OpenedTokens, watch_writes
 from apiauth.emulator import demo_client
 from apiauth.errors import UrlNotAllowed
 from apiauth.oauth.protocol import ClientCredentials
@@ -64,9 +64,11 @@ class Broker:
     # Secrets reads waiting to be written to the audit log by the delivery worker.
     audit_buffer: AuditBuffer = field(default_factory=AuditBuffer)
     # The read path's memories: tokens found valid (for at most a second) and connection
-    # token sets already decrypted (keyed by ciphertext). See `read_caches`.
+    # token sets already decrypted (keyed by ciphertext), whole answers (for at most a
+    # second). See `read_caches`.
     site_tokens: AuthCache[SiteCaller] = field(default_factory=AuthCache)
     opened_tokens: OpenedTokens[TokenSet] = field(default_factory=OpenedTokens)
+    answers: Answers = field(default_factory=Answers)
 
     def close(self) -> None:
         self.http.close()
@@ -134,7 +136,7 @@ def open_broker(settings: Settings, *, demo: bool | None = None) -> Broker:
         headers={"User-Agent": "apiauth/0.1"},
         limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
     )
-    return Broker(
+    broker = Broker(
         settings=settings,
         engine=engine,
         sessions=session_factory(engine),
@@ -143,7 +145,12 @@ def open_broker(settings: Settings, *, demo: bool | None = None) -> Broker:
         http=http,
         default_apps=default_oauth_apps(catalog, emulated=emulator_url is not None),
         url_policy=url_policy,
+        site_tokens=AuthCache(seconds=settings.read_cache_seconds),
+        answers=Answers(seconds=settings.read_cache_seconds),
     )
+    # Any change to a connection made by this process forgets the remembered answers.
+    watch_writes(engine, frozenset({"connections"}), broker.answers.clear)
+    return broker
 
 
 def check_custom_provider_urls(catalog: Catalog, settings: Settings, policy: UrlPolicy) -> None:

@@ -3,12 +3,13 @@ the site's tokens (refreshing one inside the margin first)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select, update
@@ -18,6 +19,7 @@ from apiauth.domain import audit, deliveries
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView
 from apiauth.domain.oauth_apps import client_for
+from apiauth.domain.read_caches import Answer
 from apiauth.domain.refresh import (
     ConnectionState,
     is_due_for_reader,
@@ -564,6 +566,14 @@ def read_secrets(
     `visitors.visitor_to_read` allowed it; by default the visitor a function token is bound
     to, else the site owner's own. One query; each token is decrypted once per ciphertext
     (`Broker.opened_tokens`), and only the returned ones."""
+    return _read_secrets(broker, caller, visitor_id)[0]
+
+
+def _read_secrets(
+    broker: Broker, caller: SiteCaller, visitor_id: str | None
+) -> tuple[dict[str, SecretView], datetime | None]:
+    """`read_secrets`, and the first moment a token in the answer expires or falls due for a
+    refresh (None: never)."""
     whose = caller.visitor_id or "" if visitor_id is None else visitor_id
     params: dict[str, Any] = {"site_id": caller.site_id, "whose": whose}
     if caller.providers is not None:
@@ -571,7 +581,9 @@ def read_secrets(
     with broker.engine.connect() as db:
         rows = db.execute(_SECRETS if caller.providers is None else _SOME_SECRETS, params).all()
     due = is_due_for_reader(broker)
+    margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
     answer: dict[str, SecretView] = {}
+    changes: list[datetime] = []
     for row in rows:
         source: _SecretSource = row
         token = open_sealed_token(broker, row.id, row.token_enc)
@@ -579,7 +591,35 @@ def read_secrets(
             refreshed = refresh_connection(broker, row.id, due)
             source, token = refreshed.connection, refreshed.token
         answer[source.provider] = _secret(broker, source, token)
+        if token is not None and token.expires_at is not None:
+            changes.append(token.expires_at)
+            if token.refresh_token is not None and source.refresh_due_at is not None:
+                # when `due` (is_due_for_reader) turns true
+                changes.append(max(token.expires_at - margin, source.refresh_due_at))
+    return answer, min(changes, default=None)
+
+
+def remembered_secrets(broker: Broker, caller: SiteCaller, whose: str) -> Answer | None:
+    """The encoded answer of `secrets_answer` given within the last second, if nothing made
+    it stale since (`read_caches.Answers`): no database, no blocking, so the server asks
+    from its event loop."""
+    return broker.answers.get((caller.token_id, whose), broker.clock())
+
+
+def secrets_answer(broker: Broker, caller: SiteCaller, whose: str) -> Answer:
+    """`read_secrets` encoded as the body of `GET /api/v1/secrets` (SPEC §2), remembered for
+    at most a second and never past a token's expiry or refresh time."""
+    began = broker.answers.begin()
+    found, changes = _read_secrets(broker, caller, whose)
+    body = {name: view.to_json() for name, view in found.items()}
+    answer = Answer(
+        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), tuple(found)
+    )
+    broker.answers.put((caller.token_id, whose), answer, changes or _NEVER, began)
     return answer
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 def _secret(broker: Broker, connection: _SecretSource, token: TokenSet | None) -> SecretView:

@@ -10,16 +10,21 @@ its token's own expiry, checked at every hit, so a function token still dies on 
 its TTL ends. Entries are keyed by the token's SHA-256 hash, never by the token.
 
 `OpenedTokens`: connection token sets already decrypted (see its docstring).
+
+`Answers`: whole `/api/v1/secrets` answers, encoded, for at most a second (see its docstring).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Engine, event
 
 SITE_TOKEN_CACHE_SECONDS = 1.0
 CAPACITY = 10_000
@@ -50,6 +55,11 @@ class AuthCache(Generic[T]):
         self._lock = threading.Lock()
         self._generation = 0
 
+    @property
+    def generation(self) -> int:
+        """Changes with every `clear()`."""
+        return self._generation
+
     def begin(self) -> tuple[float, int]:
         """Call before the lookup: its start bounds the entry's life, and a `clear()` that
         happens during the lookup keeps its (possibly stale) answer out of the cache."""
@@ -67,6 +77,12 @@ class AuthCache(Generic[T]):
                     del self._entries[key]
             return None
         return entry.value
+
+    def renewal_due(self, key: str) -> bool:
+        """The entry is past half its life: a lookup made now would keep the key answered
+        from memory without a gap (the read path starts one in the background)."""
+        entry = self._entries.get(key)
+        return entry is not None and self._monotonic() >= entry.deadline - self.seconds / 2
 
     def put(
         self, key: str, value: T, expires_at: datetime | None, began: tuple[float, int]
@@ -143,3 +159,118 @@ class OpenedTokens(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One `/api/v1/secrets` answer: the encoded body, and which providers it names (for the
+    audit log)."""
+
+    body: bytes
+    providers: tuple[str, ...]
+
+    def __repr__(self) -> str:  # the body holds bearer tokens
+        return f"Answer(providers={self.providers!r})"
+
+
+class Answers:
+    """Encoded secrets answers by (token id, whose), so that a busy function's reads cost a
+    dictionary lookup instead of a query. Why it is never stale by more than the promise:
+
+    - an entry lives at most `seconds` (1 s) from the moment its query began, the same bound
+      as a revocation on another replica (`AuthCache`);
+    - never past the moment a token in it expires or falls due for a refresh (`until`, wall
+      clock), so a reader that would refresh still does;
+    - any write to the `connections` table made by this process (a refresh, a connect, a
+      disconnect, a lease) forgets every entry when it executes and again when it commits
+      (`watch_writes`), and an answer whose query overlapped such a write is not kept.
+
+    The caller's token is checked before every hit (`AuthCache`), so a revoked or expired
+    token never reaches an entry."""
+
+    def __init__(
+        self,
+        seconds: float = SITE_TOKEN_CACHE_SECONDS,
+        capacity: int = CAPACITY,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seconds = seconds
+        self.capacity = capacity
+        self._monotonic = monotonic
+        self._entries: dict[tuple[str, str], tuple[float, datetime, Answer]] = {}
+        self._lock = threading.Lock()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        """Changes with every `clear()`."""
+        return self._generation
+
+    def begin(self) -> tuple[float, int]:
+        """Call before the query (see `AuthCache.begin`)."""
+        return self._monotonic(), self._generation
+
+    def get(self, key: tuple[str, str], now: datetime) -> Answer | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        deadline, until, answer = entry
+        if deadline <= self._monotonic() or until <= now:
+            return None
+        return answer
+
+    def renewal_due(self, key: tuple[str, str]) -> bool:
+        """See `AuthCache.renewal_due`."""
+        entry = self._entries.get(key)
+        return entry is not None and self._monotonic() >= entry[0] - self.seconds / 2
+
+    def put(
+        self, key: tuple[str, str], answer: Answer, until: datetime, began: tuple[float, int]
+    ) -> None:
+        started, generation = began
+        if self.seconds <= 0:
+            return
+        with self._lock:
+            if generation != self._generation:
+                return
+            if len(self._entries) >= self.capacity:
+                now = self._monotonic()
+                live = {k: e for k, e in self._entries.items() if e[0] > now}
+                self._entries = live if len(live) < self.capacity else {}
+            self._entries[key] = (started + self.seconds, until, answer)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_WRITE = re.compile(r"\s*(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+\"?(\w+)", re.IGNORECASE)
+_WROTE = "apiauth_wrote"
+
+
+def watch_writes(engine: Engine, tables: frozenset[str], changed: Callable[[], None]) -> None:
+    """Call `changed` whenever a statement of this engine writes to one of `tables`, and
+    again when that connection goes back to the pool, after its commit or rollback: an
+    answer kept in between (while the new rows were not yet visible) is forgotten then, and
+    an answer whose query began before it is never kept (`Answers.put`)."""
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _executed(
+        conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+    ) -> None:
+        match = _WRITE.match(statement)
+        if match is not None and match.group(1).lower() in tables:
+            conn.info[_WROTE] = True
+            changed()
+
+    def _ended(_dbapi_connection: Any, record: Any, *_args: Any) -> None:
+        if record is not None and record.info.pop(_WROTE, False):
+            changed()
+
+    event.listen(engine, "checkin", _ended)
+    event.listen(engine, "invalidate", _ended)
+    event.listen(engine, "soft_invalidate", _ended)

@@ -250,8 +250,10 @@ def _issue_site_token(db: Session, site: Site, now: datetime) -> str:
     return token
 
 
-def authenticate_site_token(broker: Broker, token: str) -> SiteCaller:
-    """The site a site or function token reads; one answer for every kind of bad token."""
+def authenticate_site_token(broker: Broker, token: str, *, renew: bool = False) -> SiteCaller:
+    """The site a site or function token reads; one answer for every kind of bad token.
+    `renew`: look it up even if it was found valid within the last second (and remember the
+    new answer)."""
     failure = AuthenticationFailed(
         f"a valid site or function token is required (set {ENV_VAR}; "
         "`apiauth sites enable SITE` issues one)"
@@ -260,7 +262,7 @@ def authenticate_site_token(broker: Broker, token: str) -> SiteCaller:
         raise failure
     now = broker.clock()
     token_hash = hash_token(token)
-    cached = broker.site_tokens.get(token_hash, now)
+    cached = None if renew else broker.site_tokens.get(token_hash, now)
     if cached is not None:
         return cached
     began = broker.site_tokens.begin()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
 from apiauth.domain import audit, connections, function_tokens, sites, visitors
 from apiauth.domain.oauth_apps import list_oauth_apps
+from apiauth.domain.read_caches import Answer
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
 from apiauth.server.rate_limits import client_address, rate_limits
 from apiauth.server.schemas import (
@@ -30,6 +31,7 @@ from apiauth.server.schemas import (
     SiteUpdate,
     SiteWithSecretOut,
 )
+from apiauth.server.single_flight import SingleFlight
 
 _errors: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422, 429)
@@ -171,7 +173,7 @@ def refresh_connection(
     tags=["secrets"],
     responses={200: {"model": dict[str, ProviderSecretOut], "description": "Successful Response"}},
 )
-def read_secrets(
+async def read_secrets(
     request: Request,
     broker: BrokerDep,
     caller: SiteDep,
@@ -187,13 +189,19 @@ def read_secrets(
 ) -> Response:
     """Every connected provider of the token's site, tokens refreshed first when due."""
     whose = visitors.visitor_to_read(caller, visitor_id)
-    found = connections.read_secrets(broker, caller, whose)
-    audit.record_secrets_read(broker, caller, list(found), ip=_client_ip(request), visitor_id=whose)
-    body = {name: view.to_json() for name, view in found.items()}
-    return Response(
-        json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
-        media_type="application/json",
+    # An answer given within the last second is sent from memory, on the event loop; only
+    # the database query (and a refresh it may need) goes to a worker thread.
+    answer = connections.remembered_secrets(broker, caller, whose)
+    if answer is None:
+        reads: SingleFlight[Answer] = request.app.state.secret_reads
+        answer = await reads.run(
+            (caller.token_id, whose, broker.answers.generation),
+            partial(connections.secrets_answer, broker, caller, whose),
+        )
+    audit.record_secrets_read(
+        broker, caller, answer.providers, ip=_client_ip(request), visitor_id=whose
     )
+    return Response(answer.body, media_type="application/json")
 
 
 @router.post("/function-tokens", status_code=status.HTTP_201_CREATED, tags=["secrets"])

@@ -8,7 +8,6 @@ so N replicas behind a load balancer allow up to N times the configured rate in 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections import deque
@@ -18,6 +17,7 @@ from threading import Lock
 from fastapi import Request
 
 from apiauth.config import Settings
+from apiauth.domain.token_format import hash_token
 from apiauth.errors import RateLimited
 
 # Keys beyond this are forgotten oldest-idle first: a flood of new keys costs memory once.
@@ -116,13 +116,19 @@ class RateLimits:
         """One request made with `token` (keyed by its hash: the token itself is not kept)."""
         if self.per_token is None:
             return
-        wait = self.per_token.take(hashlib.sha256(token.encode()).digest())
+        wait = self.per_token.take(hash_token(token))
         if wait is not None:
             raise RateLimited(
                 "too many requests with this token; slow down and retry after the "
                 "Retry-After header's seconds",
                 retry_after=max(1, math.ceil(wait)),
             )
+
+    def allow_token_hash(self, token_hash: str) -> bool:
+        """`check_token` for a token already hashed (`hash_token`): False when over the
+        limit (a refused request spends nothing, so the caller may still raise the 429 by
+        `check_token`)."""
+        return self.per_token is None or self.per_token.take(token_hash) is None
 
     def check_oauth_start(self, member_id: str, address: str) -> None:
         """One OAuth flow started by a member from an address: both must be under the limit."""

@@ -1,0 +1,52 @@
+"""One database lookup at a time per key, however many requests arrive for it at once.
+
+When a remembered answer lapses (each second), every request in flight for that token misses
+together; without this each would take a worker thread and a database connection to ask the
+same question. With it, the first asks and the others await its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+
+T = TypeVar("T")
+
+
+class SingleFlight(Generic[T]):
+    """Run a blocking call in a worker thread, shared by concurrent callers of one key. Put
+    what makes an answer stale into the key (a cache generation): a caller arriving after a
+    change starts its own call instead of joining one that began before it."""
+
+    def __init__(self) -> None:
+        self._pending: dict[Hashable, asyncio.Future[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def run(self, key: Hashable, call: Callable[[], T]) -> T:
+        task = self._pending.get(key)
+        if task is None:
+            # A task of its own: a caller that goes away (client disconnected) cancels only
+            # its own wait, never the others'.
+            task = asyncio.ensure_future(run_in_threadpool(call))
+            self._pending[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(task)
+
+    def start(self, key: Hashable, call: Callable[[], T]) -> None:
+        """`run` in the background, unless a call for `key` is already under way; its
+        result and any error are left to the cache the call fills."""
+        if key not in self._pending:
+            task = asyncio.ensure_future(run_in_threadpool(call))
+            self._pending[key] = task
+            task.add_done_callback(lambda done: self._finished(key, done))
+
+    def _finished(self, key: Hashable, task: asyncio.Future[T]) -> None:
+        if self._pending.get(key) is task:
+            del self._pending[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: no warning if every waiter went away

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy import Engine, func, select, update
@@ -80,7 +80,23 @@ _ERROR_LENGTH = 200
 # --- enqueue ------------------------------------------------------------------------------
 
 
-def enqueue(db: Session, site: Site, event: str, detail: Mapping[str, Any]) -> None:
+class HookedSite(Protocol):
+    """What `enqueue` reads of a site: a `Site` row, or the refresher's `SiteHooks`."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def deploy_hook_url(self) -> str | None: ...
+
+    @property
+    def webhook_url(self) -> str | None: ...
+
+
+def enqueue(db: Session, site: HookedSite, event: str, detail: Mapping[str, Any]) -> None:
     """Queue the deploy hook and the webhook the site has for `event` (never a token).
 
     Delivery workers of this process wake when the caller's transaction commits."""

@@ -15,6 +15,11 @@ The rules (SPEC §3), and how they are kept:
   `Retry-After` asked), however many readers arrive in between: no refresh storms.
 - `invalid_grant` re-reads the row first (another process may have refreshed meanwhile);
   only if nothing changed is the connection marked `needs_reauth`.
+
+The background refresher works in batches: one transaction leases many connections
+(`lease_due_connections`), their providers are called outside any transaction
+(`attempt_refresh`), and one transaction stores every outcome (`store_outcomes`), each
+write still guarded by its own lease's version. A single refresh goes the same way.
 """
 
 from __future__ import annotations
@@ -22,26 +27,34 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from apiauth.domain import audit, deliveries
 from apiauth.domain.broker import Broker
-from apiauth.domain.oauth_apps import client_for
+from apiauth.domain.oauth_apps import TeamClients, team_clients
 from apiauth.domain.token_store import (
     CONNECTED,
     NEEDS_REAUTH,
     REFRESHING,
     lock_connection,
+    open_sealed_token,
     open_token,
-    put_token,
+    refresh_due_at,
+    seal_token,
 )
-from apiauth.errors import InvalidGrant, NotFound, ProviderError, TokenRejected
+from apiauth.errors import (
+    InvalidGrant,
+    NotFound,
+    ProviderError,
+    ProviderNotConfigured,
+    TokenRejected,
+)
 from apiauth.oauth import protocol
 from apiauth.oauth.token_set import TokenSet
 from apiauth.store.db import transaction
@@ -80,6 +93,11 @@ class Refreshed:
 class Lease:
     connection_id: str
     version: int
+    expires_at: datetime
+
+
+def _lease_expiry(broker: Broker, now: datetime) -> datetime:
+    return now + timedelta(seconds=broker.settings.refresh_lease_seconds)
 
 
 def backoff_seconds(failures: int, retry_after: float | None = None) -> float:
@@ -193,6 +211,7 @@ def _claim(
 ) -> Lease | None:
     """Compare and set: the lease is ours only if nobody changed the row or took the lease
     since we read it (SQLite has no row locks; this holds on both databases)."""
+    expires_at = _lease_expiry(broker, now)
     taken = db.execute(
         update(Connection)
         .where(
@@ -200,35 +219,115 @@ def _claim(
             Connection.version == version,
             (Connection.claim_expires_at.is_(None)) | (Connection.claim_expires_at <= now),
         )
-        .values(
-            claimed_by=broker.worker_id,
-            claim_expires_at=now + timedelta(seconds=broker.settings.refresh_lease_seconds),
-            status=REFRESHING,
-        )
+        .values(claimed_by=broker.worker_id, claim_expires_at=expires_at, status=REFRESHING)
         .execution_options(synchronize_session=False)
     )
-    return Lease(connection_id, version) if taken.rowcount == 1 else None
+    return Lease(connection_id, version, expires_at) if taken.rowcount == 1 else None
 
 
-def claim_due_connections(broker: Broker, limit: int) -> list[Lease]:
-    """The refresher's batch: due rows whose lease is free, locked with SKIP LOCKED on
-    PostgreSQL so that replicas take disjoint batches, leased in one short transaction."""
+def _due_and_free(now: datetime) -> Any:
+    return (
+        (Connection.refresh_due_at <= now)
+        & (Connection.status != NEEDS_REAUTH)
+        & ((Connection.claim_expires_at.is_(None)) | (Connection.claim_expires_at <= now))
+    )
+
+
+@dataclass(frozen=True)
+class LeasedConnection:
+    """A leased connection with what refreshing it needs, read when the lease was taken."""
+
+    lease: Lease
+    site_id: str
+    team_id: str
+    visitor_id: str
+    provider: str
+    token_enc: bytes | None
+    failure_count: int
+
+
+@dataclass(frozen=True)
+class SiteHooks:
+    """What a refresh event needs of its site: the audit log's key and the hook URLs."""
+
+    id: str
+    name: str
+    deploy_hook_url: str | None
+    webhook_url: str | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The refresher's batch: leased connections, their sites and their teams' OAuth apps."""
+
+    leased: list[LeasedConnection]
+    sites: Mapping[str, SiteHooks]
+    clients: TeamClients
+
+
+_LEASED_COLUMNS = (
+    Connection.id,
+    Connection.version,
+    Connection.site_id,
+    Connection.visitor_id,
+    Connection.provider,
+    Connection.token_enc,
+    Connection.failure_count,
+)
+
+
+def lease_due_connections(broker: Broker, limit: int) -> Batch:
+    """Lease up to `limit` due connections in one short transaction: one UPDATE that is the
+    compare-and-set of every lease (its WHERE checks again that the row is due and its lease
+    free, so a row another process leased or refreshed meanwhile is not taken), and the
+    reads their refreshes need. On PostgreSQL the candidates are locked with SKIP LOCKED so
+    that replicas take disjoint batches."""
     now = broker.clock()
     with transaction(broker.sessions) as db:
-        query = (
-            select(Connection.id, Connection.version)
-            .where(
-                Connection.refresh_due_at <= now,
-                Connection.status != NEEDS_REAUTH,
-                (Connection.claim_expires_at.is_(None)) | (Connection.claim_expires_at <= now),
-            )
+        candidates = (
+            select(Connection.id)
+            .where(_due_and_free(now))
             .order_by(Connection.refresh_due_at)
             .limit(limit)
         )
         if db.get_bind().dialect.name != "sqlite":
-            query = query.with_for_update(skip_locked=True)
-        leases = [_claim(db, broker, row.id, row.version, now) for row in db.execute(query)]
-        return [lease for lease in leases if lease is not None]
+            candidates = candidates.with_for_update(skip_locked=True)
+        ids = list(db.scalars(candidates))
+        if not ids:
+            return Batch([], {}, team_clients(broker, db, ()))
+        expires_at = _lease_expiry(broker, now)
+        rows = db.connection().execute(
+            update(Connection)
+            .where(Connection.id.in_(ids), _due_and_free(now))
+            .values(claimed_by=broker.worker_id, claim_expires_at=expires_at, status=REFRESHING)
+            .returning(*_LEASED_COLUMNS)
+        )
+        leased_rows = list(rows)
+        site_rows = db.execute(
+            select(Site.id, Site.team_id, Site.name, Site.deploy_hook_url, Site.webhook_url).where(
+                Site.id.in_({row.site_id for row in leased_rows})
+            )
+        ).all()
+        teams = {row.id: row.team_id for row in site_rows}
+        sites = {
+            row.id: SiteHooks(row.id, row.name, row.deploy_hook_url, row.webhook_url)
+            for row in site_rows
+        }
+        clients = team_clients(broker, db, set(teams.values()))
+    order = {connection_id: index for index, connection_id in enumerate(ids)}
+    leased = [
+        LeasedConnection(
+            Lease(row.id, row.version, expires_at),
+            row.site_id,
+            teams.get(row.site_id, ""),
+            row.visitor_id,
+            row.provider,
+            row.token_enc,
+            row.failure_count,
+        )
+        for row in sorted(leased_rows, key=lambda row: order[row.id])
+    ]
+    return Batch(leased, sites, clients)
 
 
 def next_due_time(broker: Broker) -> datetime | None:
@@ -250,23 +349,54 @@ def next_due_time(broker: Broker) -> datetime | None:
     return min(times) if times else None
 
 
-def perform_refresh(broker: Broker, lease: Lease, *, check_first: bool = True) -> Refreshed:
-    """Call the provider for a leased connection and store the outcome, releasing the lease."""
-    with broker.sessions() as db:
-        connection = db.get(Connection, lease.connection_id)
-        if connection is None:
-            raise NotFound("the connection was deleted")
-        site = db.get(Site, connection.site_id)
-        assert site is not None
-        token = open_token(broker, connection)
-    provider = broker.catalog.get(connection.provider)
+# --- calling the provider and storing the outcome -------------------------------------------
+
+FRESH = "fresh"
+CHECKED = "checked"
+REFUSED = "refused"
+FAILED = "failed"
+UNTRIED = "untried"
+
+
+Event = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a refresh attempt found, to be stored on its leased row: a fresh token set, a
+    token found still good (`CHECKED`), an `invalid_grant` (`REFUSED`), a failure, or a
+    lease given back without calling the provider (`UNTRIED`)."""
+
+    leased: LeasedConnection
+    kind: str
+    at: datetime
+    token: TokenSet | None = None
+    error: ProviderError | None = None
+
+
+def attempt_refresh(
+    broker: Broker, leased: LeasedConnection, clients: TeamClients, *, check_first: bool = True
+) -> Outcome:
+    """Call the provider for a leased connection, outside any transaction. Never raises:
+    whatever goes wrong is an outcome, so that no lease is left behind."""
+    provider = broker.catalog.get(leased.provider)
     now = broker.clock()
+    if now + _provider_time(broker) >= leased.lease.expires_at:
+        # The lease waited in a queue (a slow provider) and could lapse before the provider
+        # answers; another process could then send the same refresh token. Give it back.
+        return untried(leased, now)
     try:
+        token = open_sealed_token(
+            broker, leased.lease.connection_id, leased.token_enc, remember=False
+        )
         if provider is None:
-            raise ProviderError(f"the provider {connection.provider!r} is no longer configured")
+            raise ProviderError(f"the provider {leased.provider!r} is no longer configured")
         if token is None or token.refresh_token is None:
             raise ProviderError("there is no refresh token: reconnect")
-        client = client_for(broker, site.team_id, provider.name)
+        try:
+            client = clients.get(leased.team_id, provider.name)
+        except ProviderNotConfigured as exc:
+            raise ProviderError(exc.message) from None
         if token.expires_at is None and check_first:
             # No expiry to go by (Salesforce): ask the provider whether the token still works,
             # and refresh only when it says no.
@@ -275,122 +405,212 @@ def perform_refresh(broker: Broker, lease: Lease, *, check_first: bool = True) -
             except TokenRejected:
                 pass
             else:
-                return _store_checked(broker, lease, now)
+                return Outcome(leased, CHECKED, now)
         fresh = protocol.refresh_token_set(broker.http, provider, client, token, now=now)
     except InvalidGrant as exc:
-        return _store_refused(broker, lease, exc)
+        return Outcome(leased, REFUSED, now, error=exc)
     except ProviderError as exc:
-        return _store_failure(broker, lease, exc)
+        return Outcome(leased, FAILED, now, error=exc)
     except Exception as exc:
-        # Never leave a lease behind: anything unexpected is a failure with backoff.
-        log.exception("refresh of connection %s failed unexpectedly", lease.connection_id)
-        return _store_failure(broker, lease, ProviderError(f"unexpected {type(exc).__name__}"))
-    return _store_fresh(broker, lease, fresh, now)
+        log.exception("refresh of connection %s failed unexpectedly", leased.lease.connection_id)
+        return Outcome(leased, FAILED, now, error=ProviderError(f"unexpected {type(exc).__name__}"))
+    return Outcome(leased, FRESH, now, token=fresh)
 
 
-def _locked_own_row(db: Any, lease: Lease) -> Connection:
-    connection = lock_connection(db, select(Connection).where(Connection.id == lease.connection_id))
-    if connection is None:
-        raise NotFound("the connection was deleted")
-    return connection
+def _provider_time(broker: Broker) -> timedelta:
+    """How much of its lease a refresh must have left to call the provider: the longest a
+    who-am-I check and a refresh can take, or half a lease if leases are shorter (a lease
+    just taken is always used)."""
+    settings = broker.settings
+    return timedelta(
+        seconds=min(2 * settings.http_timeout_seconds, settings.refresh_lease_seconds / 2)
+    )
 
 
-def _release(connection: Connection) -> None:
-    connection.claimed_by = None
-    connection.claim_expires_at = None
+def untried(leased: LeasedConnection, now: datetime) -> Outcome:
+    """The outcome of a lease given back before its provider was called (a stopping
+    refresher): nothing changes but the lease, and the connection stays due."""
+    return Outcome(leased, UNTRIED, now)
 
 
-def _event(db: Any, connection: Connection, kind: str, detail: dict[str, Any]) -> None:
-    site = db.get(Site, connection.site_id)
-    if site is None:
-        return
-    detail = {"provider": connection.provider, **detail}
-    if connection.visitor_id:
-        detail["visitor_id"] = connection.visitor_id
-    audit.record(db, site.id, kind, "refresher", detail)
-    deliveries.enqueue(db, site, kind, detail)
+def perform_refresh(broker: Broker, lease: Lease, *, check_first: bool = True) -> Refreshed:
+    """Call the provider for a leased connection and store the outcome, releasing the lease."""
+    with broker.sessions() as db:
+        row = db.execute(
+            select(
+                *_LEASED_COLUMNS, Site.team_id, Site.name, Site.deploy_hook_url, Site.webhook_url
+            )
+            .join(Site, Site.id == Connection.site_id)
+            .where(Connection.id == lease.connection_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFound("the connection was deleted")
+        clients = team_clients(broker, db, [row.team_id])
+    leased = LeasedConnection(
+        lease,
+        row.site_id,
+        row.team_id,
+        row.visitor_id,
+        row.provider,
+        row.token_enc,
+        row.failure_count,
+    )
+    site = SiteHooks(row.site_id, row.name, row.deploy_hook_url, row.webhook_url)
+    outcome = attempt_refresh(broker, leased, clients, check_first=check_first)
+    stored = store_outcomes(broker, [outcome], {site.id: site})
+    current = _read(broker, lease.connection_id)
+    if stored and outcome.token is not None:
+        return Refreshed(current.connection, outcome.token)
+    return current
 
 
-def _settle(
-    broker: Broker,
-    lease: Lease,
-    change: Callable[[Any, Connection], None],
-    fresh: TokenSet | None = None,
-) -> Refreshed:
-    """Store a refresh's outcome on the leased row and release the lease, in one transaction.
-
-    If the row's version moved on, our lease lapsed and another process stored a newer token
-    meanwhile: theirs is kept and `change` is not applied."""
-    with transaction(broker.sessions) as db:
-        connection = _locked_own_row(db, lease)
-        if connection.version != lease.version:
-            return Refreshed(connection, open_token(broker, connection))
-        change(db, connection)
-        _release(connection)
-        token = fresh if fresh is not None else open_token(broker, connection)
-    broker.refresh_wakeup.set()
-    return Refreshed(connection, token)
+# Every outcome is written by an UPDATE guarded by the lease's version: if the row's version
+# moved on, our lease lapsed and another process stored a newer token meanwhile (or the
+# connection was made anew): theirs is kept and nothing of ours is written. This is also the
+# re-read `invalid_grant` needs: a refused refresh token that another process had already
+# used successfully does not mark the connection `needs_reauth`. Each write releases the lease.
+def _guarded(**values: Any) -> Any:
+    return (
+        update(Connection)
+        .where(Connection.id == bindparam("b_id"), Connection.version == bindparam("b_version"))
+        .values(claimed_by=None, claim_expires_at=None, **values)
+    )
 
 
-def _store_fresh(broker: Broker, lease: Lease, fresh: TokenSet, now: datetime) -> Refreshed:
-    def change(db: Any, connection: Connection) -> None:
-        put_token(broker, connection, fresh, now)
-        connection.granted_scopes = list(fresh.granted_scopes)
-        connection.status = CONNECTED
-        connection.last_refreshed_at = now
-        connection.last_error = None
-        connection.failure_count = 0
-        connection.version += 1
-        _event(db, connection, "connection.refreshed", {})
+_STORE_FRESH = _guarded(
+    token_enc=bindparam("token_enc"),
+    expires_at=bindparam("expires_at"),
+    refresh_due_at=bindparam("refresh_due_at"),
+    granted_scopes=bindparam("granted_scopes"),
+    status=CONNECTED,
+    last_refreshed_at=bindparam("now"),
+    last_error=None,
+    failure_count=0,
+    # A new version: a lease taken on the old one can store nothing over this token.
+    version=Connection.version + 1,
+)
+_STORE_CHECKED = _guarded(
+    status=CONNECTED, last_error=None, failure_count=0, refresh_due_at=bindparam("refresh_due_at")
+)
+_STORE_REFUSED = _guarded(status=NEEDS_REAUTH, last_error=bindparam("error"), refresh_due_at=None)
+_STORE_UNTRIED = _guarded(status=CONNECTED)
+_STORE_FAILURE = _guarded(
+    status=CONNECTED,
+    last_error=bindparam("error"),
+    refresh_due_at=bindparam("refresh_due_at"),
+    failure_count=Connection.failure_count + 1,
+)
 
-    return _settle(broker, lease, change, fresh)
 
-
-def _store_checked(broker: Broker, lease: Lease, now: datetime) -> Refreshed:
-    def change(db: Any, connection: Connection) -> None:
-        connection.status = CONNECTED
-        connection.last_error = None
-        connection.failure_count = 0
-        connection.refresh_due_at = now + timedelta(
+def _write(broker: Broker, outcome: Outcome) -> tuple[Any, dict[str, Any], Event | None]:
+    """The guarded statement, its parameters and the event (kind, detail) for an outcome."""
+    leased = outcome.leased
+    params: dict[str, Any] = {
+        "b_id": leased.lease.connection_id,
+        "b_version": leased.lease.version,
+    }
+    if outcome.kind == FRESH:
+        fresh = outcome.token
+        assert fresh is not None
+        params.update(
+            token_enc=seal_token(broker, leased.lease.connection_id, fresh),
+            expires_at=fresh.expires_at,
+            refresh_due_at=refresh_due_at(broker, fresh, outcome.at),
+            granted_scopes=list(fresh.granted_scopes),
+            now=outcome.at,
+        )
+        return _STORE_FRESH, params, ("connection.refreshed", {})
+    if outcome.kind == UNTRIED:
+        return _STORE_UNTRIED, params, None
+    if outcome.kind == CHECKED:
+        params["refresh_due_at"] = outcome.at + timedelta(
             seconds=broker.settings.validate_interval_seconds
         )
-
-    return _settle(broker, lease, change)
-
-
-def _store_refused(broker: Broker, lease: Lease, exc: InvalidGrant) -> Refreshed:
-    def change(db: Any, connection: Connection) -> None:
-        # (When another process refreshed with the same refresh token first, `_settle` keeps
-        # its good token and this is not applied.)
-        connection.status = NEEDS_REAUTH
-        connection.last_error = exc.message
-        connection.refresh_due_at = None
-        _event(db, connection, "connection.needs_reauth", {"error": exc.message})
-
-    return _settle(broker, lease, change)
-
-
-def _store_failure(broker: Broker, lease: Lease, exc: ProviderError) -> Refreshed:
-    def change(db: Any, connection: Connection) -> None:
-        connection.failure_count += 1
-        delay = backoff_seconds(connection.failure_count, exc.retry_after)
-        connection.status = CONNECTED
-        connection.last_error = exc.message
-        connection.refresh_due_at = broker.clock() + timedelta(seconds=delay)
-        _event(
-            db,
-            connection,
+        return _STORE_CHECKED, params, None
+    error = outcome.error
+    assert error is not None
+    params["error"] = error.message
+    if outcome.kind == REFUSED:
+        return _STORE_REFUSED, params, ("connection.needs_reauth", {"error": error.message})
+    delay = backoff_seconds(leased.failure_count + 1, error.retry_after)
+    params["refresh_due_at"] = broker.clock() + timedelta(seconds=delay)
+    return (
+        _STORE_FAILURE,
+        params,
+        (
             "connection.refresh_failed",
-            {"error": exc.message, "retry_in_seconds": round(delay, 1)},
-        )
-        log.warning(
-            "refresh of %s failed (%s); next attempt in %.0f s",
-            connection.provider,
-            exc.message,
-            delay,
-        )
+            {"error": error.message, "retry_in_seconds": round(delay, 1)},
+        ),
+    )
 
-    return _settle(broker, lease, change)
+
+class _Overtaken(Exception):
+    """A batch write matched fewer rows than it had outcomes: someone else wrote one."""
+
+
+def store_outcomes(
+    broker: Broker, outcomes: Sequence[Outcome], sites: Mapping[str, SiteHooks]
+) -> list[Outcome]:
+    """Store outcomes and release their leases in one transaction, with their audit events
+    and deploy hook / webhook deliveries; returns the outcomes stored (see `_guarded`).
+    A rotating refresh token is stored in the same transaction that releases its lease."""
+    # Sealed before the transaction begins, so that it holds its locks for less time.
+    writes = [(outcome, *_write(broker, outcome)) for outcome in outcomes]
+    try:
+        stored = _store(broker, writes, sites, together=True)
+    except _Overtaken:
+        stored = _store(broker, writes, sites, together=False)
+    if stored:
+        broker.refresh_wakeup.set()
+    return stored
+
+
+_Write = tuple[Outcome, Any, dict[str, Any], Event | None]
+
+
+def _store(
+    broker: Broker, writes: Sequence[_Write], sites: Mapping[str, SiteHooks], *, together: bool
+) -> list[Outcome]:
+    """`together`: the fresh tokens in one executemany, which must match a row each (else
+    `_Overtaken` rolls it all back, and the caller writes them one by one to learn which
+    were overtaken); the rarer outcomes always one by one."""
+    stored: list[Outcome] = []
+    audit_events: list[audit.Event] = []
+    with transaction(broker.sessions) as db:
+        connection = db.connection()
+        batched: set[int] = set()
+        if together and connection.dialect.supports_sane_multi_rowcount:
+            batched = {index for index, write in enumerate(writes) if write[1] is _STORE_FRESH}
+        if len(batched) > 1:
+            params_list = [writes[index][2] for index in sorted(batched)]
+            if connection.execute(_STORE_FRESH, params_list).rowcount != len(batched):
+                raise _Overtaken
+        else:
+            batched = set()
+        for index, (outcome, statement, params, event) in enumerate(writes):
+            if index not in batched and connection.execute(statement, params).rowcount != 1:
+                continue
+            stored.append(outcome)
+            leased = outcome.leased
+            if outcome.kind == FAILED:
+                assert outcome.error is not None
+                log.warning(
+                    "refresh of %s failed (%s); next attempt in %.0f s",
+                    leased.provider,
+                    outcome.error.message,
+                    (params["refresh_due_at"] - broker.clock()).total_seconds(),
+                )
+            site = sites.get(leased.site_id)
+            if event is None or site is None:
+                continue
+            kind, extra = event
+            detail: dict[str, Any] = {"provider": leased.provider, **extra}
+            if leased.visitor_id:
+                detail["visitor_id"] = leased.visitor_id
+            audit_events.append(audit.Event(site.id, kind, "refresher", detail))
+            deliveries.enqueue(db, site, kind, detail)
+        audit.record_many(db, audit_events)
+    return stored
 
 
 def release_stale_statuses(broker: Broker) -> None:

@@ -1,6 +1,7 @@
-"""The proactive refresher: a thread that sleeps until the nearest `refresh_due_at`, claims
-the due connections in batches, refreshes them concurrently with a bounded pool (each
-result in its own transaction), and sleeps again.
+"""The proactive refresher: a thread that sleeps until the nearest `refresh_due_at`, leases
+the due connections in batches (one short transaction), calls their providers concurrently
+with a bounded pool (outside any transaction), stores the batch's outcomes in one more
+transaction, and sleeps again.
 
 Idle, it wakes only when its own process schedules something sooner
 (`Broker.refresh_wakeup`) or every `refresher_recheck_seconds` (30 s) to notice what other
@@ -11,25 +12,40 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
 
 from apiauth.domain.broker import Broker
 from apiauth.domain.refresh import (
-    Lease,
-    claim_due_connections,
+    Batch,
+    Outcome,
+    attempt_refresh,
+    lease_due_connections,
     next_due_time,
-    perform_refresh,
     release_stale_statuses,
+    store_outcomes,
+    untried,
 )
-from apiauth.errors import NotFound
 
 log = logging.getLogger(__name__)
 
 ERROR_PAUSE_SECONDS = 5.0
 MIN_SLEEP_SECONDS = 0.05
 BATCH = 100
+# A batch's outcomes exist only in memory until stored (a rotating refresh token has been
+# spent): a failing store is tried again this many times before its leases are left to lapse.
+STORE_ATTEMPTS = 4
+STORE_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A leased batch whose provider calls are running in the pool."""
+
+    batch: Batch
+    attempts: list[Future[Outcome]]
 
 
 class Refresher:
@@ -56,33 +72,46 @@ class Refresher:
             self._thread.join(timeout=self.broker.settings.http_timeout_seconds + 5)
 
     def run(self) -> None:
+        """Two batches at a time: while the pool calls the providers of one, this thread
+        stores the outcomes of the one before and leases the next, so that the pool never
+        waits for the database."""
         concurrency = self.broker.settings.refresh_concurrency
-        with ThreadPoolExecutor(concurrency, thread_name_prefix="apiauth-refresh") as pool:
+        pool = ThreadPoolExecutor(concurrency, thread_name_prefix="apiauth-refresh")
+        in_flight: _InFlight | None = None
+        try:
             while not self._stopping.is_set():
                 try:
-                    self._step(pool)
+                    in_flight = self._step(pool, in_flight)
                 except Exception:
+                    in_flight = None  # (only leasing raises: nothing was leased)
                     log.exception("the refresher failed a round; trying again shortly")
                     self._stopping.wait(ERROR_PAUSE_SECONDS)
+        finally:
+            # Calls not yet started give their leases back, so that the connections are
+            # refreshed at once by whoever runs next instead of when the leases lapse.
+            pool.shutdown(wait=True, cancel_futures=True)
+            if in_flight is not None:
+                self._store(in_flight)
 
-    def _refresh_one(self, lease: Lease) -> int:
-        try:
-            perform_refresh(self.broker, lease)
-        except NotFound:
-            return 0  # deleted while it was due
-        except Exception:
-            log.exception("refresh of connection %s failed", lease.connection_id)
-            return 0
-        return 1
-
-    def _step(self, pool: ThreadPoolExecutor) -> None:
+    def _step(self, pool: ThreadPoolExecutor, previous: _InFlight | None) -> _InFlight | None:
         wakeup = self.broker.refresh_wakeup
         wakeup.clear()
-        leases = claim_due_connections(self.broker, BATCH)
-        if leases:
-            for done in pool.map(self._refresh_one, leases):
-                self.refreshed += done
-            return
+        current = None
+        try:
+            batch = lease_due_connections(self.broker, BATCH)
+            if batch.leased:
+                current = _InFlight(
+                    batch,
+                    [
+                        pool.submit(attempt_refresh, self.broker, leased, batch.clients)
+                        for leased in batch.leased
+                    ],
+                )
+        finally:
+            if previous is not None:
+                self._store(previous)
+        if current is not None or previous is not None:
+            return current
         recheck = self.broker.settings.refresher_recheck_seconds
         due = next_due_time(self.broker)
         if due is None:
@@ -91,3 +120,29 @@ class Refresher:
             until = (due - self.broker.clock()).total_seconds()
             delay = min(recheck, max(MIN_SLEEP_SECONDS, until))
         wakeup.wait(delay)
+        return None
+
+    def _store(self, in_flight: _InFlight) -> None:
+        """Store a batch's outcomes; never raises, so that the batch leased after it keeps
+        running. If the database stays away, the leases lapse and are taken over."""
+        outcomes = [
+            untried(leased, self.broker.clock()) if attempt.cancelled() else attempt.result()
+            for leased, attempt in zip(in_flight.batch.leased, in_flight.attempts, strict=True)
+        ]
+        for tries_left in reversed(range(STORE_ATTEMPTS)):
+            try:
+                stored = store_outcomes(self.broker, outcomes, in_flight.batch.sites)
+            except DBAPIError as exc:
+                log.warning(
+                    "could not store %d refresh outcomes (%s)%s",
+                    len(outcomes),
+                    type(exc).__name__,
+                    "; trying again" if tries_left else "; their leases will lapse",
+                )
+                self._stopping.wait(STORE_RETRY_SECONDS if tries_left else 0)
+            except Exception:
+                log.exception("could not store %d refresh outcomes", len(outcomes))
+                return
+            else:
+                self.refreshed += len(stored)
+                return

@@ -29,20 +29,30 @@ def open_token(broker: Broker, connection: Connection) -> TokenSet | None:
     return open_sealed_token(broker, connection.id, connection.token_enc)
 
 
-def open_sealed_token(broker: Broker, connection_id: str, blob: bytes | None) -> TokenSet | None:
-    """A connection's token set from its row id and `token_enc`, opened once per ciphertext."""
+def open_sealed_token(
+    broker: Broker, connection_id: str, blob: bytes | None, *, remember: bool = True
+) -> TokenSet | None:
+    """A connection's token set from its row id and `token_enc`, opened once per ciphertext.
+    `remember=False` for a token about to be replaced (a refresh): the memory is the read
+    path's, and a refresher process alone would fill it for nothing."""
     if blob is None:
         return None
     token = broker.opened_tokens.get(connection_id, blob)
     if token is None:
         token = TokenSet.from_json(broker.vault.open_json(blob, _token_aad(connection_id)))
-        broker.opened_tokens.put(connection_id, blob, token)
+        if remember:
+            broker.opened_tokens.put(connection_id, blob, token)
     return token
+
+
+def seal_token(broker: Broker, connection_id: str, token: TokenSet) -> bytes:
+    """The `token_enc` of a connection row holding this token set."""
+    return broker.vault.seal_json(token.to_json(), _token_aad(connection_id))
 
 
 def put_token(broker: Broker, connection: Connection, token: TokenSet, now: datetime) -> None:
     """Seal the token set into the row and schedule its next refresh (or check)."""
-    connection.token_enc = broker.vault.seal_json(token.to_json(), _token_aad(connection.id))
+    connection.token_enc = seal_token(broker, connection.id, token)
     connection.expires_at = token.expires_at
     connection.refresh_due_at = refresh_due_at(broker, token, now)
 

@@ -9,7 +9,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import bindparam, select, update
@@ -615,11 +615,8 @@ def secrets_answer(broker: Broker, caller: SiteCaller, whose: str) -> Answer:
     answer = Answer(
         json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), tuple(found)
     )
-    broker.answers.put((caller.token_id, whose), answer, changes or _NEVER, began)
+    broker.answers.put((caller.token_id, whose), answer, changes, began)
     return answer
-
-
-_NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 def _secret(broker: Broker, connection: _SecretSource, token: TokenSet | None) -> SecretView:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -40,7 +40,8 @@ class _Entry(Generic[T]):
 
 
 class AuthCache(Generic[T]):
-    """Positive token lookups for at most `seconds`, keyed by token hash."""
+    """Positive lookups for at most `seconds` (and never past their own `expires_at`),
+    keyed by token hash (or, for `Answers`, by token id and whose)."""
 
     def __init__(
         self,
@@ -51,7 +52,7 @@ class AuthCache(Generic[T]):
         self.seconds = seconds
         self.capacity = capacity
         self._monotonic = monotonic
-        self._entries: dict[str, _Entry[T]] = {}
+        self._entries: dict[Hashable, _Entry[T]] = {}
         self._lock = threading.Lock()
         self._generation = 0
 
@@ -65,7 +66,7 @@ class AuthCache(Generic[T]):
         happens during the lookup keeps its (possibly stale) answer out of the cache."""
         return self._monotonic(), self._generation
 
-    def get(self, key: str, now: datetime) -> T | None:
+    def get(self, key: Hashable, now: datetime) -> T | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -78,14 +79,14 @@ class AuthCache(Generic[T]):
             return None
         return entry.value
 
-    def renewal_due(self, key: str) -> bool:
+    def renewal_due(self, key: Hashable) -> bool:
         """The entry is past half its life: a lookup made now would keep the key answered
         from memory without a gap (the read path starts one in the background)."""
         entry = self._entries.get(key)
         return entry is not None and self._monotonic() >= entry.deadline - self.seconds / 2
 
     def put(
-        self, key: str, value: T, expires_at: datetime | None, began: tuple[float, int]
+        self, key: Hashable, value: T, expires_at: datetime | None, began: tuple[float, int]
     ) -> None:
         started, generation = began
         if self.seconds <= 0:
@@ -98,7 +99,7 @@ class AuthCache(Generic[T]):
             self._entries[key] = _Entry(started + self.seconds, value, expires_at)
 
     def clear(self) -> None:
-        """Forget everything: a token was revoked in this process."""
+        """Forget everything (a token was revoked, a connection changed, in this process)."""
         with self._lock:
             self._generation += 1
             self._entries.clear()
@@ -173,79 +174,20 @@ class Answer:
         return f"Answer(providers={self.providers!r})"
 
 
-class Answers:
+class Answers(AuthCache[Answer]):
     """Encoded secrets answers by (token id, whose), so that a busy function's reads cost a
     dictionary lookup instead of a query. Why it is never stale by more than the promise:
 
     - an entry lives at most `seconds` (1 s) from the moment its query began, the same bound
       as a revocation on another replica (`AuthCache`);
-    - never past the moment a token in it expires or falls due for a refresh (`until`, wall
-      clock), so a reader that would refresh still does;
+    - never past the moment a token in it expires or falls due for a refresh (its
+      `expires_at`, wall clock), so a reader that would refresh still does;
     - any write to the `connections` table made by this process (a refresh, a connect, a
       disconnect, a lease) forgets every entry when it executes and again when it commits
       (`watch_writes`), and an answer whose query overlapped such a write is not kept.
 
     The caller's token is checked before every hit (`AuthCache`), so a revoked or expired
     token never reaches an entry."""
-
-    def __init__(
-        self,
-        seconds: float = SITE_TOKEN_CACHE_SECONDS,
-        capacity: int = CAPACITY,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.seconds = seconds
-        self.capacity = capacity
-        self._monotonic = monotonic
-        self._entries: dict[tuple[str, str], tuple[float, datetime, Answer]] = {}
-        self._lock = threading.Lock()
-        self._generation = 0
-
-    @property
-    def generation(self) -> int:
-        """Changes with every `clear()`."""
-        return self._generation
-
-    def begin(self) -> tuple[float, int]:
-        """Call before the query (see `AuthCache.begin`)."""
-        return self._monotonic(), self._generation
-
-    def get(self, key: tuple[str, str], now: datetime) -> Answer | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        deadline, until, answer = entry
-        if deadline <= self._monotonic() or until <= now:
-            return None
-        return answer
-
-    def renewal_due(self, key: tuple[str, str]) -> bool:
-        """See `AuthCache.renewal_due`."""
-        entry = self._entries.get(key)
-        return entry is not None and self._monotonic() >= entry[0] - self.seconds / 2
-
-    def put(
-        self, key: tuple[str, str], answer: Answer, until: datetime, began: tuple[float, int]
-    ) -> None:
-        started, generation = began
-        if self.seconds <= 0:
-            return
-        with self._lock:
-            if generation != self._generation:
-                return
-            if len(self._entries) >= self.capacity:
-                now = self._monotonic()
-                live = {k: e for k, e in self._entries.items() if e[0] > now}
-                self._entries = live if len(live) < self.capacity else {}
-            self._entries[key] = (started + self.seconds, until, answer)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._generation += 1
-            self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 _WRITE = re.compile(r"\s*(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+\"?(\w+)", re.IGNORECASE)

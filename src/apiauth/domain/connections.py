@@ -599,11 +599,18 @@ def _read_secrets(
     return answer, min(changes, default=None)
 
 
-def remembered_secrets(broker: Broker, caller: SiteCaller, whose: str) -> Answer | None:
+def answer_key(caller: SiteCaller, whose: str) -> tuple[str, str]:
+    """What a remembered secrets answer is kept under: the token (its id) and whose."""
+    return caller.token_id, whose
+
+
+def remembered_secrets(
+    broker: Broker, caller: SiteCaller, whose: str, now: datetime
+) -> Answer | None:
     """The encoded answer of `secrets_answer` given within the last second, if nothing made
     it stale since (`read_caches.Answers`): no database, no blocking, so the server asks
     from its event loop."""
-    return broker.answers.get((caller.token_id, whose), broker.clock())
+    return broker.answers.get(answer_key(caller, whose), now)
 
 
 def secrets_answer(broker: Broker, caller: SiteCaller, whose: str) -> Answer:
@@ -615,7 +622,7 @@ def secrets_answer(broker: Broker, caller: SiteCaller, whose: str) -> Answer:
     answer = Answer(
         json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(), tuple(found)
     )
-    broker.answers.put((caller.token_id, whose), answer, changes, began)
+    broker.answers.put(answer_key(caller, whose), answer, changes, began)
     return answer
 
 

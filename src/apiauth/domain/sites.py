@@ -294,10 +294,3 @@ def authenticate_site_token(broker: Broker, token: str, *, renew: bool = False) 
     expiries = [link.expires_at for link in chain if link is not None and link.expires_at]
     broker.site_tokens.put(token_hash, caller, min(expiries, default=None), began)
     return caller
-
-
-def cached_site_caller(broker: Broker, token: str) -> SiteCaller | None:
-    """The caller of a token found valid within the last second, if any: no database, no
-    blocking, so the server may ask from its event loop before handing the lookup to a
-    thread."""
-    return broker.site_tokens.get(hash_token(token), broker.clock())

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
 from apiauth.domain import audit, connections, function_tokens, sites, visitors
 from apiauth.domain.oauth_apps import list_oauth_apps
-from apiauth.domain.read_caches import Answer
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
 from apiauth.server.rate_limits import client_address, rate_limits
+from apiauth.server.read_path import ReadPath
 from apiauth.server.schemas import (
     AuthorizeOut,
     ConnectionCreate,
@@ -31,7 +30,6 @@ from apiauth.server.schemas import (
     SiteUpdate,
     SiteWithSecretOut,
 )
-from apiauth.server.single_flight import SingleFlight
 
 _errors: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 422, 429)
@@ -191,13 +189,8 @@ async def read_secrets(
     whose = visitors.visitor_to_read(caller, visitor_id)
     # An answer given within the last second is sent from memory, on the event loop; only
     # the database query (and a refresh it may need) goes to a worker thread.
-    answer = connections.remembered_secrets(broker, caller, whose)
-    if answer is None:
-        reads: SingleFlight[Answer] = request.app.state.secret_reads
-        answer = await reads.run(
-            (caller.token_id, whose, broker.answers.generation),
-            partial(connections.secrets_answer, broker, caller, whose),
-        )
+    read_path: ReadPath = request.app.state.read_path
+    answer = await read_path.answer(caller, whose)
     audit.record_secrets_read(
         broker, caller, answer.providers, ip=_client_ip(request), visitor_id=whose
     )

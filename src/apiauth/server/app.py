@@ -24,8 +24,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from apiauth.client import __version__
 from apiauth.domain import connections, visitors
 from apiauth.domain.broker import Broker
-from apiauth.domain.read_caches import Answer
-from apiauth.domain.sites import SiteCaller
 from apiauth.emulator import create_emulator_app
 from apiauth.errors import ApiAuthServerError, OAuthFlowError, RateLimited
 from apiauth.server.api import router
@@ -34,9 +32,9 @@ from apiauth.server.fast_path import FastPath
 from apiauth.server.limits import BodySizeLimit
 from apiauth.server.proxy import router as proxy_router
 from apiauth.server.rate_limits import RateLimits
+from apiauth.server.read_path import ReadPath
 from apiauth.server.schemas import ErrorResponse, Health
 from apiauth.server.security_headers import SecurityHeaders, style_hash
-from apiauth.server.single_flight import SingleFlight
 from apiauth.server.visitor_api import router as visitor_router
 from apiauth.server.workers import background_workers
 from apiauth.store.db import schema_is_current
@@ -110,17 +108,9 @@ def create_app(
     app.state.broker = broker
     app.state.demo = demo
     app.state.rate_limits = RateLimits(broker.settings)
-    # Concurrent misses of the read path's memories share one database lookup.
-    app.state.site_lookups = SingleFlight[SiteCaller]()
-    app.state.secret_reads = SingleFlight[Answer]()
+    app.state.read_path = ReadPath(broker)
     # Innermost of ours: the remembered secrets answers and /healthz skip the router.
-    app.add_middleware(
-        FastPath,
-        broker=broker,
-        limits=app.state.rate_limits,
-        site_lookups=app.state.site_lookups,
-        secret_reads=app.state.secret_reads,
-    )
+    app.add_middleware(FastPath, read_path=app.state.read_path, limits=app.state.rate_limits)
     app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(ApiAuthServerError)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,13 +9,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView, authenticate_personal_token
-from apiauth.domain.sites import SiteCaller, authenticate_site_token, cached_site_caller
-from apiauth.domain.token_format import hash_token
+from apiauth.domain.sites import SiteCaller
 from apiauth.domain.web_sessions import signed_in
 from apiauth.errors import AuthenticationFailed, PermissionDenied
 from apiauth.server.dashboard.pages import CSRF_HEADER, SESSION_COOKIE
 from apiauth.server.rate_limits import rate_limits
-from apiauth.server.single_flight import SingleFlight
+from apiauth.server.read_path import ReadPath
 
 _bearer = HTTPBearer(auto_error=False, description="apiauth_pat_… or apiauth_site_… token")
 
@@ -60,7 +58,6 @@ def current_member(
 
 async def current_site(
     request: Request,
-    broker: BrokerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> SiteCaller:
     if credentials is None:
@@ -70,13 +67,8 @@ async def current_site(
     # A token found valid within the last second is answered from memory, on the event loop;
     # only a lookup in the database goes to a worker thread.
     token = credentials.credentials
-    caller = cached_site_caller(broker, token)
-    if caller is None:
-        lookups: SingleFlight[SiteCaller] = request.app.state.site_lookups
-        caller = await lookups.run(
-            (hash_token(token), broker.site_tokens.generation),
-            partial(authenticate_site_token, broker, token),
-        )
+    read_path: ReadPath = request.app.state.read_path
+    caller = await read_path.caller(token)
     # Counted once the token is known good, so that only real tokens take room in memory.
     rate_limits(request).check_token(token)
     return caller

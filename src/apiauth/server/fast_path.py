@@ -12,18 +12,13 @@ is spent, and the read is written to the audit log.
 
 from __future__ import annotations
 
-from functools import partial
-
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apiauth.domain.audit import record_secrets_read
-from apiauth.domain.broker import Broker
-from apiauth.domain.connections import secrets_answer
-from apiauth.domain.read_caches import Answer
-from apiauth.domain.sites import SiteCaller, authenticate_site_token
+from apiauth.domain.connections import remembered_secrets
 from apiauth.domain.token_format import hash_token
 from apiauth.server.rate_limits import RateLimits
-from apiauth.server.single_flight import SingleFlight
+from apiauth.server.read_path import ReadPath
 
 SECRETS_PATH = "/api/v1/secrets"
 HEALTH_PATH = "/healthz"
@@ -34,20 +29,10 @@ _BEARER = b"bearer "
 class FastPath:
     """ASGI middleware; see the module's docstring."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        broker: Broker,
-        limits: RateLimits,
-        site_lookups: SingleFlight[SiteCaller],
-        secret_reads: SingleFlight[Answer],
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, read_path: ReadPath, limits: RateLimits) -> None:
         self.app = app
-        self.broker = broker
+        self.read_path = read_path
         self.limits = limits
-        self.site_lookups = site_lookups
-        self.secret_reads = secret_reads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
@@ -68,29 +53,18 @@ class FastPath:
             return None
         token = authorization[7:].decode("latin-1")
         token_hash = hash_token(token)
-        broker = self.broker
+        broker = self.read_path.broker
         now = broker.clock()
-        caller = broker.site_tokens.get(token_hash, now)
+        caller = self.read_path.remembered_caller(token_hash, now)
         if caller is None:
             return None
         whose = caller.visitor_id or ""
-        answer = broker.answers.get((caller.token_id, whose), now)
+        answer = remembered_secrets(broker, caller, whose, now)
         if answer is None:
             return None
         if not self.limits.allow_token_hash(token_hash):
             return None  # the route answers 429 with its Retry-After
-        # Past half their second, both memories are looked up again in the background while
-        # this answer is sent: a steady reader never waits for the database.
-        if broker.site_tokens.renewal_due(token_hash):
-            self.site_lookups.start(
-                (token_hash, broker.site_tokens.generation),
-                partial(authenticate_site_token, broker, token, renew=True),
-            )
-        if broker.answers.renewal_due((caller.token_id, whose)):
-            self.secret_reads.start(
-                (caller.token_id, whose, broker.answers.generation),
-                partial(secrets_answer, broker, caller, whose),
-            )
+        self.read_path.renew(token, token_hash, caller, whose)
         client = scope.get("client")
         ip = client[0] if client else None
         record_secrets_read(broker, caller, answer.providers, ip=ip, visitor_id=whose, at=now)

@@ -28,22 +28,19 @@ class SingleFlight(Generic[T]):
         return len(self._pending)
 
     async def run(self, key: Hashable, call: Callable[[], T]) -> T:
+        # The call is a task of its own: a caller that goes away (client disconnected)
+        # cancels only its own wait, never the others'.
+        return await asyncio.shield(self.start(key, call))
+
+    def start(self, key: Hashable, call: Callable[[], T]) -> asyncio.Future[T]:
+        """The call under way for `key`, started now if there is none. Not awaited, it runs
+        in the background: its result and any error are left to the cache it fills."""
         task = self._pending.get(key)
         if task is None:
-            # A task of its own: a caller that goes away (client disconnected) cancels only
-            # its own wait, never the others'.
             task = asyncio.ensure_future(run_in_threadpool(call))
             self._pending[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
-        return await asyncio.shield(task)
-
-    def start(self, key: Hashable, call: Callable[[], T]) -> None:
-        """`run` in the background, unless a call for `key` is already under way; its
-        result and any error are left to the cache the call fills."""
-        if key not in self._pending:
-            task = asyncio.ensure_future(run_in_threadpool(call))
-            self._pending[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
+        return task
 
     def _finished(self, key: Hashable, task: asyncio.Future[T]) -> None:
         if self._pending.get(key) is task:

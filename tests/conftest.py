@@ -98,11 +98,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 class LiveServer:
     """`apiauth serve --demo` in a thread of this process: real HTTP, real emulator."""
 
-    def __init__(self, broker: Broker, port: int) -> None:
+    def __init__(self, broker: Broker, port: int, *, refresher: bool = True) -> None:
         self.broker = broker
         self.url = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
-            create_app(broker, demo=True), host="127.0.0.1", port=port, log_level="warning"
+            create_app(broker, demo=True, refresher=refresher),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -130,12 +133,15 @@ def make_settings(tmp_path: Path, database_url: str, port: int, **extra: object)
 
 
 @contextmanager
-def running_server(tmp_path: Path, database_url: str, **settings: object) -> Iterator[LiveServer]:
+def running_server(
+    tmp_path: Path, database_url: str, *, refresher: bool = True, **settings: object
+) -> Iterator[LiveServer]:
+    """`refresher=False`: the server's own refresher does not run (the test drives it)."""
     port = free_port()
     # Hook receivers in tests listen on 127.0.0.1: the URL policy must let them through.
     settings.setdefault("allow_loopback_urls", True)
     broker = open_broker(make_settings(tmp_path, database_url, port, **settings), demo=True)
-    server = LiveServer(broker, port)
+    server = LiveServer(broker, port, refresher=refresher)
     server.start()
     try:
         yield server

@@ -8,88 +8,39 @@ refresher off) and its emulator; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from sqlalchemy import select, update
 
-from apiauth.domain import connections, oauth_apps, refresh, sites
-from apiauth.domain.broker import open_broker
-from apiauth.domain.members import MemberView, create_member
+from apiauth.domain import oauth_apps, refresh
 from apiauth.emulator import demo_client
-from apiauth.server.app import create_app
 from apiauth.store.db import transaction
 from apiauth.store.models import AuditEvent, Connection
-from conftest import LiveServer, free_port, make_settings
-from consent import consent
+from conftest import LiveServer, running_server
+from live_site import Site as LiveSite
 
 
 @pytest.fixture
 def server(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
     """A live server and emulator whose own refresher does not run: the test is the
     refresher."""
-    port = free_port()
-    broker = open_broker(
-        make_settings(tmp_path, database_url, port, allow_loopback_urls=True), demo=True
-    )
-    live = LiveServer(broker, port)
-    config = uvicorn.Config(
-        create_app(broker, demo=True, refresher=False),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-    )
-    live.server = uvicorn.Server(config)
-    live.thread = threading.Thread(target=live.server.run, daemon=True)
-    live.start()
-    try:
+    with running_server(tmp_path, database_url, refresher=False) as live:
         yield live
-    finally:
-        live.stop()
-        broker.close()
 
 
-class Site:
-    def __init__(self, server: LiveServer, http: httpx.Client) -> None:
-        self.server = server
-        self.broker = server.broker
-        self.http = http
-        self.owner: MemberView = create_member(
-            self.broker, "owner@example.com", "correct horse battery"
-        )
-        sites.create_site(self.broker, self.owner, "my-site")
-        self.token = sites.enable_api_auth(self.broker, self.owner, "my-site")
-
-    def connect(self, provider: str) -> None:
-        start = connections.start_connection(self.broker, self.owner, "my-site", provider)
-        assert consent(self.http, start.authorize_url).status_code == 200
+class Site(LiveSite):
+    """A live site, and the refresher's steps run by hand."""
 
     def make_due(self) -> None:
         with transaction(self.broker.sessions) as db:
             db.execute(update(Connection).values(refresh_due_at=self.broker.clock()))
 
-    def read(self, provider: str) -> dict[str, Any]:
-        response = self.http.get(
-            f"{self.server.url}/api/v1/secrets",
-            headers={"Authorization": f"Bearer {self.token}"},
-        )
-        assert response.status_code == 200, response.text
-        secret: dict[str, Any] = response.json()[provider]
-        return secret
-
-    def connection(self, provider: str) -> connections.ConnectionView:
-        return connections.get_connection(self.broker, self.owner, "my-site", provider)
-
     def refreshes(self, provider: str) -> int:
-        answer = self.http.get(f"{self.server.url}/_emulator/_admin/stats").json()
-        count: int = answer[provider]["refreshes"]
-        return count
+        return self.stats(provider)["refreshes"]
 
     def events(self, kind: str) -> int:
         with self.broker.sessions() as db:

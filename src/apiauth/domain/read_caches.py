@@ -41,7 +41,8 @@ class _Entry(Generic[T]):
 
 class AuthCache(Generic[T]):
     """Positive lookups for at most `seconds` (and never past their own `expires_at`),
-    keyed by token hash (or, for `Answers`, by token id and whose)."""
+    keyed by token hash (`OpenedTokens`: by row id and ciphertext; `Answers`: by token id
+    and whose)."""
 
     def __init__(
         self,
@@ -118,7 +119,7 @@ class AuthCache(Generic[T]):
 OPENED_TOKENS_SECONDS = 300.0
 
 
-class OpenedTokens(Generic[T]):
+class OpenedTokens(AuthCache[T]):
     """Token sets already decrypted, keyed by their row id *and* ciphertext: a row whose token
     changed (refresh, re-consent, key rotation) has a new ciphertext and misses, so an answer
     is never stale, and a ciphertext copied to another row misses too and is opened - and
@@ -132,34 +133,7 @@ class OpenedTokens(Generic[T]):
         capacity: int = CAPACITY,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.seconds = seconds
-        self.capacity = capacity
-        self._monotonic = monotonic
-        self._entries: dict[tuple[str, bytes], tuple[float, T]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, row_id: str, blob: bytes) -> T | None:
-        entry = self._entries.get((row_id, blob))
-        if entry is None or entry[0] <= self._monotonic():
-            return None
-        return entry[1]
-
-    def put(self, row_id: str, blob: bytes, value: T) -> None:
-        if self.seconds <= 0:
-            return
-        now = self._monotonic()
-        with self._lock:
-            if len(self._entries) >= self.capacity:
-                live = {k: e for k, e in self._entries.items() if e[0] > now}
-                self._entries = live if len(live) < self.capacity else {}
-            self._entries[(row_id, blob)] = (now + self.seconds, value)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
+        super().__init__(seconds, capacity, monotonic)
 
 
 @dataclass(frozen=True)

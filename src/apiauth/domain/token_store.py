@@ -37,11 +37,12 @@ def open_sealed_token(
     path's, and a refresher process alone would fill it for nothing."""
     if blob is None:
         return None
-    token = broker.opened_tokens.get(connection_id, blob)
+    opened = broker.opened_tokens
+    token = opened.get((connection_id, blob), broker.clock())
     if token is None:
         token = TokenSet.from_json(broker.vault.open_json(blob, _token_aad(connection_id)))
         if remember:
-            broker.opened_tokens.put(connection_id, blob, token)
+            opened.put((connection_id, blob), token, None, opened.begin())
     return token
 
 

@@ -245,6 +245,19 @@ class LeasedConnection:
     token_enc: bytes | None
     failure_count: int
 
+    @classmethod
+    def of(cls, row: Any, lease: Lease, team_id: str) -> LeasedConnection:
+        """From a row of `_LEASED_COLUMNS`."""
+        return cls(
+            lease,
+            row.site_id,
+            team_id,
+            row.visitor_id,
+            row.provider,
+            row.token_enc,
+            row.failure_count,
+        )
+
 
 @dataclass(frozen=True)
 class SiteHooks:
@@ -316,15 +329,7 @@ def lease_due_connections(broker: Broker, limit: int) -> Batch:
         clients = team_clients(broker, db, set(teams.values()))
     order = {connection_id: index for index, connection_id in enumerate(ids)}
     leased = [
-        LeasedConnection(
-            Lease(row.id, row.version, expires_at),
-            row.site_id,
-            teams.get(row.site_id, ""),
-            row.visitor_id,
-            row.provider,
-            row.token_enc,
-            row.failure_count,
-        )
+        LeasedConnection.of(row, Lease(row.id, row.version, expires_at), teams.get(row.site_id, ""))
         for row in sorted(leased_rows, key=lambda row: order[row.id])
     ]
     return Batch(leased, sites, clients)
@@ -446,15 +451,7 @@ def perform_refresh(broker: Broker, lease: Lease, *, check_first: bool = True) -
         if row is None:
             raise NotFound("the connection was deleted")
         clients = team_clients(broker, db, [row.team_id])
-    leased = LeasedConnection(
-        lease,
-        row.site_id,
-        row.team_id,
-        row.visitor_id,
-        row.provider,
-        row.token_enc,
-        row.failure_count,
-    )
+    leased = LeasedConnection.of(row, lease, row.team_id)
     site = SiteHooks(row.site_id, row.name, row.deploy_hook_url, row.webhook_url)
     outcome = attempt_refresh(broker, leased, clients, check_first=check_first)
     stored = store_outcomes(broker, [outcome], {site.id: site})

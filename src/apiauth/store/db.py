@@ -2,36 +2,41 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from apiauth.errors import ConfigurationError
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine tuned per backend: SQLite in WAL mode with foreign keys on."""
+def create_db_engine(url: str, *, connect_timeout: int | None = None) -> Engine:
+    """An engine tuned per backend: SQLite in WAL mode with foreign keys on.
+    `connect_timeout` (seconds, PostgreSQL): give up connecting after it (`apiauth doctor`)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigurationError(f"APIAUTH_DATABASE_URL is not a database URL: {exc}") from exc
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:":
+            _create_private_file(Path(parsed.database))
         engine = create_engine(
             parsed,
             connect_args={"check_same_thread": False, "timeout": 30},
-            pool_size=8,
-            max_overflow=24,
+            # All kept open once made: an overflow connection is closed when it goes back, so
+            # a busy read path (64 callers) would open and close connections all the time.
+            pool_size=32,
+            max_overflow=0,
         )
 
         @event.listens_for(engine, "connect")
@@ -44,10 +49,22 @@ def create_db_engine(url: str) -> Engine:
 
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+        connect_args = {} if connect_timeout is None else {"connect_timeout": connect_timeout}
+        # As many as before (30), all kept open once made (see SQLite's above).
+        return create_engine(
+            parsed, pool_size=30, max_overflow=0, pool_pre_ping=True, connect_args=connect_args
+        )
     raise ConfigurationError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://"
     )
+
+
+def _create_private_file(path: Path) -> None:
+    """The SQLite file, made readable by its owner only before SQLite opens it (SQLite gives
+    its -wal and -shm files the same mode): it holds encrypted tokens and token hashes."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -59,6 +76,17 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
     with sessions() as session, session.begin():
         yield session
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether a failed write failed because of the database (away, locked, failing over,
+    its schema not what this code expects: a missing table is an OperationalError on
+    SQLite, a ProgrammingError on PostgreSQL) rather than because of the rows it was given
+    (an IntegrityError, a DataError, a value that does not bind): the former is retried
+    later with everything, the latter sets the rows aside."""
+    return isinstance(exc, OperationalError | InterfaceError | ProgrammingError) or bool(
+        getattr(exc, "connection_invalidated", False)
+    )
 
 
 def _alembic_config(engine: Engine) -> Config:
@@ -75,13 +103,30 @@ def upgrade_database(engine: Engine) -> None:
     command.upgrade(_alembic_config(engine), "head")
 
 
-def schema_is_current(engine: Engine) -> bool:
+def schema_revisions(engine: Engine) -> tuple[frozenset[str], frozenset[str]]:
+    """(the database's migration revisions, this code's newest): equal when current; the
+    first is empty for a database never migrated."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(_alembic_config(engine))
     with engine.connect() as connection:
         if not inspect(connection).has_table("alembic_version"):
-            return False
-        current = MigrationContext.configure(connection).get_current_heads()
-    return set(current) == set(script.get_heads())
+            current: tuple[str, ...] = ()
+        else:
+            current = MigrationContext.configure(connection).get_current_heads()
+    return frozenset(current), frozenset(script.get_heads())
+
+
+def schema_is_current(engine: Engine) -> bool:
+    current, heads = schema_revisions(engine)
+    return current == heads
+
+
+def database_now(session: Session) -> datetime | None:
+    """The database server's clock (PostgreSQL), or None where the database is a file read
+    by this process with this machine's clock (SQLite)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return None
+    moment = session.scalar(text("SELECT CURRENT_TIMESTAMP"))
+    return moment if isinstance(moment, datetime) else None

@@ -149,6 +149,41 @@ class OAuthApp(Base):
     provider: Mapped[str] = mapped_column(String(63))
     client_id: Mapped[str] = mapped_column(String(500))
     client_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: A GitHub App's slug (auth mode `github_app`): where its install page is.
+    app_slug: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class TeamProvider(Base):
+    """A provider a team added by URL (an issuer, or a protected resource such as an MCP
+    server): its catalog entry, the metadata it was built from, and how apiauth is a client
+    there (a dynamic registration, sealed; a Client ID Metadata Document; or neither, when
+    the team must register one by hand as an OAuth app)."""
+
+    __tablename__ = "team_providers"
+    __table_args__ = (
+        UniqueConstraint("team_id", "name"),
+        Index("ix_team_providers_next_check_at", "next_check_at"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    team_id: Mapped[str] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(63))
+    source_url: Mapped[str] = mapped_column(String(2048))
+    issuer: Mapped[str] = mapped_column(String(2048))
+    resource: Mapped[str | None] = mapped_column(String(2048))
+    resource_metadata_url: Mapped[str | None] = mapped_column(String(2048))
+    entry: Mapped[dict[str, Any]]  # the provider's catalog table
+    server_metadata: Mapped[dict[str, Any]]  # what re-checks compare against
+    client_kind: Mapped[str] = mapped_column(String(24))
+    client_id: Mapped[str | None] = mapped_column(String(2048))
+    registration_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    allow_without_pkce: Mapped[bool] = mapped_column(Boolean, default=False)
+    checked_at: Mapped[datetime]
+    next_check_at: Mapped[datetime]
+    check_error: Mapped[str | None] = mapped_column(Text)
+    refused_change: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(254))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -166,6 +201,9 @@ class Connection(Base):
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"))
     visitor_id: Mapped[str] = mapped_column(String(255), default="", server_default="")
     provider: Mapped[str] = mapped_column(String(63))
+    # The provider's `auth_mode` when the connection was made (the sealed token set carries
+    # it too, for the readers that open it): what the connection resource shows.
+    auth_mode: Mapped[str] = mapped_column(String(32), default="oauth2", server_default="oauth2")
     status: Mapped[str] = mapped_column(String(16))
     requested_scopes: Mapped[list[str]]
     granted_scopes: Mapped[list[str]]
@@ -174,6 +212,15 @@ class Connection(Base):
     token_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     expires_at: Mapped[datetime | None]
     refresh_due_at: Mapped[datetime | None]
+    # Not refreshed again before this, whatever `refresh_due_at` says (the safety net of
+    # `token_store.min_refresh_interval`); set by each successful refresh.
+    refresh_not_before: Mapped[datetime | None]
+    # The first failed refresh of the current degradation (failures in a row), or None.
+    degraded_since: Mapped[datetime | None]
+    # When the refresh token dies whatever happens (`TokenSet.refresh_expires_at`), and
+    # when `connection.expiring` was sent about it (once).
+    refresh_expires_at: Mapped[datetime | None]
+    expiry_warned_at: Mapped[datetime | None]
     version: Mapped[int] = mapped_column(Integer, default=1)
     last_refreshed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -219,6 +266,13 @@ class AuthState(Base):
     )
     params: Mapped[dict[str, Any] | None]  # a provider's declared connection parameters
     return_to: Mapped[str | None] = mapped_column(String(2048))
+    # The browser that may finish the flow holds `apiauth_flow_<id>`, a secret whose hash is
+    # `binding_hash`. A flow started outside a browser (API, CLI) gets it when someone
+    # presses Continue on apiauth's page (`/oauth/continue/<token>`, `continue_hash`); until
+    # then the provider's URL waits sealed in `authorize_url_enc`.
+    binding_hash: Mapped[str | None] = mapped_column(String(64))
+    continue_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    authorize_url_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
@@ -263,3 +317,16 @@ class ServerState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WrappedKey(Base):
+    """A key-encryption key wrapped by a key management service (`apiauth.kms`): stored
+    only in the form the KMS made, so that this table and the data dir together cannot open
+    a record. `id` is the key id blobs name (`vault`)."""
+
+    __tablename__ = "wrapped_keys"
+    id: Mapped[str] = mapped_column(String(8), primary_key=True)
+    service: Mapped[str] = mapped_column(String(16))  # "aws"
+    kms_key_id: Mapped[str] = mapped_column(String(2048))  # the KMS key that wraps it
+    ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

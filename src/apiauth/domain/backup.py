@@ -14,6 +14,7 @@ transaction: it either restores everything or nothing.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import zlib
@@ -23,18 +24,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Integer, LargeBinary, Table, func, insert, select, text
+from sqlalchemy import Connection, LargeBinary, Table, func, insert, select
 
-from apiauth.client import __version__
+from apiauth import __version__
 from apiauth.domain.broker import Broker
 from apiauth.errors import ApiAuthServerError
-from apiauth.store.models import Base, UTCDateTime, utcnow
+from apiauth.kms import StoredKey, VaultKeys
+from apiauth.store.dialect import advance_id_sequences, begin_snapshot
+from apiauth.store.models import Base, UTCDateTime, WrappedKey, utcnow
 from apiauth.vault import DecryptionError, UnknownKeyError
 
 FORMAT = "apiauth-backup"
 VERSION = 1
 AAD = b"apiauth:backup:v1"
 SKIPPED_TABLES = frozenset({"server_state"})
+# A server started with APIAUTH_KMS makes its key-encryption key before anything else, so an
+# otherwise empty database may hold one: not counted as "not empty", and a backed-up key
+# already there (the same id is the same key) is not inserted twice.
+MERGED_TABLES = frozenset({WrappedKey.__tablename__})
 _BATCH = 500
 
 Progress = Callable[[int], None]
@@ -79,21 +86,11 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _snapshot(connection: Connection) -> None:
-    """Read every table from one snapshot while the server keeps writing."""
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"))
-    else:
-        # pysqlite begins transactions only before writes; a read transaction in WAL mode
-        # sees one snapshot of the whole file.
-        connection.exec_driver_sql("BEGIN")
-
-
 def _dump_lines(broker: Broker, progress: Progress) -> tuple[list[bytes], dict[str, int]]:
     lines: list[bytes] = []
     counts: dict[str, int] = {}
     with broker.engine.connect() as connection:
-        _snapshot(connection)
+        begin_snapshot(connection)
         try:
             for table in backed_up_tables():
                 counts[table.name] = 0
@@ -114,9 +111,9 @@ def write_backup(broker: Broker, path: Path, progress: Progress = lambda n: None
     lines, counts = _dump_lines(broker, progress)
     manifest = {"format": FORMAT, "version": VERSION, "rows": counts}
     plaintext = b"\n".join([json.dumps(manifest).encode("utf-8"), *lines]) + b"\n"
-    key_id = broker.vault.keyring.active.id
+    key_id = broker.vault.active_key_id
     sealed = broker.vault.seal(zlib.compress(plaintext, 6), AAD)
-    header = {
+    header: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "created_at": utcnow().isoformat(),
@@ -125,6 +122,11 @@ def write_backup(broker: Broker, path: Path, progress: Progress = lambda n: None
         "encryption": "apiauth vault (AES-256-GCM, envelope), aad apiauth:backup:v1",
         "compression": "zlib",
     }
+    wrapped = _wrapped_key(broker, key_id)
+    if wrapped is not None:
+        # Not secret (only the KMS can unwrap it), and needed to open the file in a database
+        # that does not hold it yet (a restore).
+        header["wrapped_key"] = wrapped
     temporary = path.with_name(path.name + ".partial")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as file:
@@ -134,6 +136,37 @@ def write_backup(broker: Broker, path: Path, progress: Progress = lambda n: None
         os.fsync(file.fileno())
     os.replace(temporary, path)
     return BackupSummary(counts, key_id)
+
+
+def _wrapped_key(broker: Broker, key_id: str) -> dict[str, str] | None:
+    keys = broker.vault.keys
+    stored = keys.wrapped.stored(key_id) if isinstance(keys, VaultKeys) else None
+    if stored is None:
+        return None
+    return {
+        "id": stored.id,
+        "service": stored.service,
+        "kms_key_id": stored.kms_key_id,
+        "wrapped": base64.b64encode(stored.wrapped).decode("ascii"),
+        "created_at": stored.created_at.isoformat(),
+    }
+
+
+def _consider_wrapped_key(broker: Broker, fields: Any) -> None:
+    keys = broker.vault.keys
+    if not isinstance(fields, dict) or not isinstance(keys, VaultKeys):
+        return
+    try:
+        stored = StoredKey(
+            id=str(fields["id"]),
+            service=str(fields["service"]),
+            kms_key_id=str(fields["kms_key_id"]),
+            wrapped=base64.b64decode(fields["wrapped"]),
+            created_at=datetime.fromisoformat(fields["created_at"]),
+        )
+    except (KeyError, ValueError, TypeError, binascii.Error):
+        raise BackupError("the backup's wrapped key (in its first line) is damaged") from None
+    keys.wrapped.consider(stored)
 
 
 # --- reading and restoring ----------------------------------------------------------------
@@ -169,6 +202,7 @@ def open_backup(broker: Broker, path: Path) -> OpenedBackup:
             f"version {VERSION}"
         )
     key_id = header.get("master_key_id", "?")
+    _consider_wrapped_key(broker, header.get("wrapped_key"))
     try:
         compressed = broker.vault.open(sealed, AAD)
     except UnknownKeyError:
@@ -220,6 +254,8 @@ def _rows(backup: OpenedBackup) -> Iterator[tuple[str, Mapping[str, Any]]]:
 def non_empty_tables(connection: Connection) -> dict[str, int]:
     found = {}
     for table in backed_up_tables():
+        if table.name in MERGED_TABLES:
+            continue
         count = _count(connection, table)
         if count:
             found[table.name] = count
@@ -241,6 +277,10 @@ def restore_backup(
                 f"the database is not empty ({listed}): restore only into a fresh database "
                 "(a new APIAUTH_DATABASE_URL or data dir)"
             )
+        present = {
+            name: {row[0] for row in connection.execute(select(*tables[name].primary_key.columns))}
+            for name in MERGED_TABLES
+        }
         batch: list[dict[str, Any]] = []
         batch_table: str | None = None
 
@@ -256,26 +296,11 @@ def restore_backup(
             if name != batch_table or len(batch) >= _BATCH:
                 flush()
                 batch_table = name
-            batch.append(decoders[name](row))
+            decoded = decoders[name](row)
+            if name in present and decoded["id"] in present[name]:
+                continue
+            batch.append(decoded)
             restored[name] += 1
         flush()
-        if connection.dialect.name == "postgresql":
-            _advance_sequences(connection, list(tables.values()))
+        advance_id_sequences(connection, list(tables.values()))
     return restored
-
-
-def _advance_sequences(connection: Connection, tables: list[Table]) -> None:
-    """Rows were inserted with their ids: move PostgreSQL's id sequences past them."""
-    for table in tables:
-        for column in table.primary_key.columns:
-            if isinstance(column.type, Integer) and column.autoincrement in (True, "auto"):
-                highest = func.max(column)
-                connection.execute(
-                    select(
-                        func.setval(
-                            func.pg_get_serial_sequence(table.name, column.name),
-                            func.coalesce(highest, 1),
-                            highest.is_not(None),
-                        )
-                    )
-                )

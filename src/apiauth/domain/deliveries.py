@@ -7,8 +7,8 @@ sends them later, at least once, so a slow receiver never delays a request.
 A delivery is claimed with a lease (its `next_attempt_at` pushed forward) in a short
 transaction — `FOR UPDATE SKIP LOCKED` on PostgreSQL, so replicas never claim the same row —
 then POSTed outside any transaction, and its outcome written in another short one. A failed
-attempt is retried after an exponential backoff with jitter; after `MAX_ATTEMPTS` the row is
-kept, marked as given up.
+attempt is retried after an exponential backoff with jitter (`backoff.py`); after
+`MAX_ATTEMPTS` the row is kept, marked as given up.
 
 Webhooks are signed the way Stripe signs its events: the header
 `Apiauth-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>`.
@@ -20,24 +20,25 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import secrets
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Text, cast, func, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.orm import Session
 
+from apiauth.domain.backoff import Backoff
 from apiauth.domain.broker import Broker
+from apiauth.domain.runtime import Wakeups
 from apiauth.errors import UrlNotAllowed
-from apiauth.store.db import transaction
-from apiauth.store.models import Delivery, Site, new_id, utcnow
+from apiauth.store.db import database_unavailable, transaction
+from apiauth.store.dialect import claim_rows
+from apiauth.store.models import Delivery, Site, new_id
 from apiauth.url_policy import check_url, pinned_request
 from apiauth.vault import VaultError, record_aad
 
@@ -59,6 +60,8 @@ WEBHOOK_EVENTS = frozenset(
         "connection.updated",
         "connection.refreshed",
         "connection.refresh_failed",
+        "connection.recovered",
+        "connection.expiring",
         "connection.needs_reauth",
         "connection.deleted",
     }
@@ -70,6 +73,8 @@ DELIVERY_HEADER = "Apiauth-Delivery"
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
 
 MAX_ATTEMPTS = 10
+DeliveryOutcome = Literal["delivered", "retry", "gave_up"]
+# Retries of a delivery wait `APIAUTH_DELIVERY_RETRY_SECONDS`, doubling, at most an hour.
 MAX_BACKOFF_SECONDS = 3600.0
 # How long a claimed delivery is ours: a process that dies mid-POST leaves a row that
 # another process retries once this has passed.
@@ -96,11 +101,12 @@ class HookedSite(Protocol):
     def webhook_url(self) -> str | None: ...
 
 
-def enqueue(db: Session, site: HookedSite, event: str, detail: Mapping[str, Any]) -> None:
-    """Queue the deploy hook and the webhook the site has for `event` (never a token).
-
-    Delivery workers of this process wake when the caller's transaction commits."""
-    now = utcnow()
+def enqueue(
+    broker: Broker, db: Session, site: HookedSite, event: str, detail: Mapping[str, Any]
+) -> None:
+    """Queue the deploy hook and the webhook the site has for `event` (never a token), in
+    the caller's transaction `db`. The broker's delivery workers wake when it commits."""
+    now = broker.clock()
     payload = {
         "event": event,
         "site": site.name,
@@ -128,47 +134,17 @@ def enqueue(db: Session, site: HookedSite, event: str, detail: Mapping[str, Any]
             )
         )
     if targets:
-        _wake_after_commit(db)
+        _wake_after_commit(db, broker.runtime.delivery_wakeups)
 
 
-# Wake-ups of the delivery workers of this process, by the engine they deliver from: the
-# one thing `enqueue` knows besides the session. Rows enqueued by other processes are
-# noticed when the worker's idle wait ends.
-_wakeups: dict[Engine, set[Callable[[], None]]] = {}
-_wakeups_lock = threading.Lock()
-
-
-def subscribe(engine: Engine, wake: Callable[[], None]) -> None:
-    with _wakeups_lock:
-        _wakeups.setdefault(engine, set()).add(wake)
-
-
-def unsubscribe(engine: Engine, wake: Callable[[], None]) -> None:
-    with _wakeups_lock:
-        waiting = _wakeups.get(engine)
-        if waiting is not None:
-            waiting.discard(wake)
-            if not waiting:
-                del _wakeups[engine]
-
-
-def _notify(engine: Engine) -> None:
-    with _wakeups_lock:
-        waiting = list(_wakeups.get(engine, ()))
-    for wake in waiting:
-        wake()
-
-
-def _wake_after_commit(db: Session) -> None:
+def _wake_after_commit(db: Session, wakeups: Wakeups) -> None:
     if db.info.get("apiauth_wakes_deliveries"):
         return
     db.info["apiauth_wakes_deliveries"] = True
-    bind = db.get_bind()
-    engine = bind if isinstance(bind, Engine) else bind.engine
 
     def wake(session: Session) -> None:
         session.info.pop("apiauth_wakes_deliveries", None)
-        _notify(engine)
+        wakeups.notify()
 
     sa_event.listen(db, "after_commit", wake, once=True)
 
@@ -210,8 +186,43 @@ class DueDelivery:
         return f"DueDelivery(id={self.id!r}, kind={self.kind!r}, event={self.event!r})"
 
 
+_CLAIMED_COLUMNS = (
+    Delivery.id,
+    Delivery.site_id,
+    Delivery.kind,
+    Delivery.event,
+    Delivery.url,
+    # As text, parsed row by row: a payload that does not parse sets its row aside instead
+    # of failing the whole claim, round after round.
+    cast(Delivery.payload, Text).label("payload"),
+    Delivery.attempts,
+)
+
+
 def _pending() -> Any:
     return (Delivery.delivered_at.is_(None)) & (Delivery.attempts < MAX_ATTEMPTS)
+
+
+@dataclass(frozen=True)
+class OutboxCounts:
+    """What the outbox holds (for `apiauth_outbox_*`): deliveries still to be sent, by kind,
+    when the oldest of them was written, and how many were given up."""
+
+    pending: Mapping[str, int]
+    oldest_pending_at: datetime | None
+    given_up: int
+
+
+def outbox_counts(db: Session) -> OutboxCounts:
+    by_kind = select(Delivery.kind, func.count()).where(_pending()).group_by(Delivery.kind)
+    pending: dict[str, int] = {row[0]: row[1] for row in db.execute(by_kind)}
+    oldest: datetime | None = db.scalar(select(func.min(Delivery.created_at)).where(_pending()))
+    given_up = db.scalar(
+        select(func.count()).where(
+            Delivery.delivered_at.is_(None), Delivery.attempts >= MAX_ATTEMPTS
+        )
+    )
+    return OutboxCounts(pending, oldest, given_up or 0)
 
 
 def next_attempt_time(broker: Broker) -> datetime | None:
@@ -228,29 +239,32 @@ def claim_due_deliveries(broker: Broker, limit: int) -> list[DueDelivery]:
     if limit <= 0:
         return []
     now = broker.clock()
+    due = _pending() & (Delivery.next_attempt_at <= now)
     with transaction(broker.sessions) as db:
-        query = (
-            select(Delivery)
-            .where(_pending(), Delivery.next_attempt_at <= now)
+        rows = claim_rows(
+            db,
+            select(Delivery.id)
+            .where(due)
             .order_by(Delivery.next_attempt_at, Delivery.id)
-            .limit(limit)
+            .limit(limit),
+            update(Delivery)
+            .where(due)
+            .values(next_attempt_at=now + timedelta(seconds=LEASE_SECONDS)),
+            Delivery.id,
+            _CLAIMED_COLUMNS,
         )
-        if db.get_bind().dialect.name != "sqlite":
-            query = query.with_for_update(skip_locked=True)
-        rows = list(db.scalars(query))
         if not rows:
             return []
-        db.execute(
-            update(Delivery)
-            .where(Delivery.id.in_([row.id for row in rows]))
-            .values(next_attempt_at=now + timedelta(seconds=LEASE_SECONDS))
-        )
         site_ids = {row.site_id for row in rows if row.kind == "webhook"}
         sealed = dict(
             db.execute(select(Site.id, Site.webhook_secret_enc).where(Site.id.in_(site_ids))).all()
         )
     claimed = []
     for row in rows:
+        payload = _parsed_payload(row.payload)
+        if payload is None:
+            set_aside(broker, row.id, row.kind, "its payload is not a JSON object")
+            continue
         secret = None
         blob = sealed.get(row.site_id) if row.kind == "webhook" else None
         if blob is not None:
@@ -259,16 +273,63 @@ def claim_due_deliveries(broker: Broker, limit: int) -> list[DueDelivery]:
             except VaultError:
                 log.error("the webhook secret of site %s does not open", row.site_id)
         claimed.append(
-            DueDelivery(row.id, row.kind, row.event, row.url, row.payload, row.attempts, secret)
+            DueDelivery(row.id, row.kind, row.event, row.url, payload, row.attempts, secret)
         )
     return claimed
 
 
 def deliver(broker: Broker, due: DueDelivery) -> bool:
-    """POST one delivery and record the outcome; True when the receiver answered 2xx."""
-    error = _post(broker, due)
-    _record_outcome(broker, due, error)
+    """POST one delivery and record the outcome; True when the receiver answered 2xx.
+
+    A delivery that cannot be sent or recorded because of what the row holds (not because
+    the database is away) is set aside at once (`set_aside`) instead of failing again at
+    every lease: one site's odd row never keeps the worker busy."""
+    try:
+        error = _post(broker, due)
+    except Exception as exc:
+        set_aside(broker, due.id, due.kind, f"it could not be sent ({type(exc).__name__})")
+        return False
+    try:
+        outcome = _record_outcome(broker, due, error)
+    except Exception as exc:
+        if database_unavailable(exc):
+            raise
+        set_aside(
+            broker, due.id, due.kind, f"its outcome could not be stored ({type(exc).__name__})"
+        )
+        return False
+    broker.runtime.metrics.delivery(due.kind, outcome)
     return error is None
+
+
+def _parsed_payload(stored: str | None) -> dict[str, Any] | None:
+    if stored is None:
+        return None
+    try:
+        payload = json.loads(stored)
+    except (ValueError, RecursionError):  # (RecursionError: nested thousands deep)
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+SET_ASIDE_PREFIX = "set aside: "
+
+
+def set_aside(broker: Broker, delivery_id: str, kind: str, why: str) -> None:
+    """Give up a delivery whose row apiauth cannot handle, at once: kept, marked given up
+    (`last_error` says why), logged by id only (its URL and payload came from a caller, and
+    deploy hook URLs are often secret), counted in `apiauth_deliveries_set_aside_total`."""
+    broker.runtime.metrics.delivery_set_aside(kind)
+    log.error("set aside delivery %s (%s): %s", delivery_id, kind, why)
+    try:
+        with transaction(broker.sessions) as db:
+            db.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id)
+                .values(attempts=MAX_ATTEMPTS, last_error=(SET_ASIDE_PREFIX + why)[:_ERROR_LENGTH])
+            )
+    except Exception as exc:  # its lease lapses; it is set aside again next time
+        log.warning("could not mark delivery %s set aside (%s)", delivery_id, type(exc).__name__)
 
 
 def _post(broker: Broker, due: DueDelivery) -> str | None:
@@ -309,28 +370,23 @@ def _post(broker: Broker, due: DueDelivery) -> str | None:
     return f"the receiver answered HTTP {response.status_code}"
 
 
-def retry_delay(attempts: int, base_seconds: float) -> float:
-    """Seconds before the next try after `attempts` failures: doubling, capped, jittered
-    (±25 %) so that many deliveries failing together do not return together."""
-    delay = min(base_seconds * 2 ** max(attempts - 1, 0), MAX_BACKOFF_SECONDS)
-    return float(delay * random.uniform(0.75, 1.25))  # noqa: S311 (jitter, not a secret)
-
-
-def _record_outcome(broker: Broker, due: DueDelivery, error: str | None) -> None:
+def _record_outcome(broker: Broker, due: DueDelivery, error: str | None) -> DeliveryOutcome:
     now = broker.clock()
     with transaction(broker.sessions) as db:
         row = db.get(Delivery, due.id)
         if row is None or row.delivered_at is not None:
-            return
+            return "delivered" if error is None else "gave_up"
         row.attempts += 1
         if error is None:
             row.delivered_at = now
             row.last_error = None
-            return
+            return "delivered"
         error = error[:_ERROR_LENGTH]
         if row.attempts >= MAX_ATTEMPTS:
             row.last_error = f"gave up after {row.attempts} attempts: {error}"
-            return
+            return "gave_up"
         row.last_error = error
-        delay = retry_delay(row.attempts, broker.settings.delivery_retry_seconds)
+        backoff = Backoff(broker.settings.delivery_retry_seconds, MAX_BACKOFF_SECONDS)
+        delay = backoff.delay(row.attempts)
         row.next_attempt_at = now + timedelta(seconds=delay)
+    return "retry"

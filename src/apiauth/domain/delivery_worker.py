@@ -2,7 +2,7 @@
 the buffered audit events.
 
 It sleeps until the earliest undelivered delivery is due, woken sooner when this process
-enqueues one (`deliveries.subscribe`) or buffers an audit event; idle, it looks every
+enqueues one (`Runtime.delivery_wakeups`) or buffers an audit event; idle, it looks every
 `IDLE_RECHECK_SECONDS` for rows other processes enqueued. Deliveries are POSTed by a small
 pool of threads, and only as many are claimed as the pool has room for, so a claimed lease
 never waits in a queue: a slow receiver occupies a pool thread, never a request.
@@ -15,13 +15,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from apiauth.domain import deliveries
+from apiauth.domain.backoff import Backoff, Failures
 from apiauth.domain.broker import Broker
 from apiauth.domain.deliveries import DueDelivery
 
 log = logging.getLogger(__name__)
 
 IDLE_RECHECK_SECONDS = 30.0
+# After a failed round (the database away): 5 s, doubling while the failures go on, at most
+# five minutes.
 ERROR_PAUSE_SECONDS = 5.0
+MAX_ERROR_PAUSE_SECONDS = 300.0
 CONCURRENCY = 4
 STOP_WAIT_SECONDS = 2.0
 
@@ -36,10 +40,11 @@ class DeliveryWorker:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="apiauth-delivery")
         self._in_flight = 0
         self._in_flight_changed = threading.Condition()
+        self._failures = Failures(Backoff(ERROR_PAUSE_SECONDS, MAX_ERROR_PAUSE_SECONDS))
 
     def start(self) -> None:
-        deliveries.subscribe(self.broker.engine, self._wake.set)
-        self.broker.audit_buffer.wakeup = self._wake.set
+        self.broker.runtime.delivery_wakeups.subscribe(self._wake.set)
+        self.broker.runtime.audit_buffer.wakeup = self._wake.set
         self._thread = threading.Thread(target=self._run, name="apiauth-deliveries", daemon=True)
         self._thread.start()
 
@@ -48,9 +53,9 @@ class DeliveryWorker:
         A delivery still in flight afterwards keeps its lease and is retried when it ends."""
         self._stopping.set()
         self._wake.set()
-        deliveries.unsubscribe(self.broker.engine, self._wake.set)
-        if self.broker.audit_buffer.wakeup == self._wake.set:
-            self.broker.audit_buffer.wakeup = None
+        self.broker.runtime.delivery_wakeups.unsubscribe(self._wake.set)
+        if self.broker.runtime.audit_buffer.wakeup == self._wake.set:
+            self.broker.runtime.audit_buffer.wakeup = None
         if self._thread is not None:
             self._thread.join(timeout=STOP_WAIT_SECONDS + 5)
         with self._in_flight_changed:
@@ -63,18 +68,24 @@ class DeliveryWorker:
             self._wake.clear()
             try:
                 timeout = self._step()
-            except Exception:
-                log.exception("the delivery worker failed a round; trying again shortly")
-                timeout = ERROR_PAUSE_SECONDS
+            except Exception as exc:
+                timeout = self._failures.failed()
+                log.warning(
+                    "the delivery worker failed a round (%s); trying again in %.0f s",
+                    type(exc).__name__,
+                    timeout,
+                )
+            else:
+                self._failures.succeeded()
             self._wake.wait(timeout)
 
     def _step(self) -> float:
         """One round: write the audit buffer if due, send what is due; returns how long to
         sleep before the next round (unless woken)."""
-        audit_due = self.broker.audit_buffer.due_in()
+        audit_due = self.broker.runtime.audit_buffer.due_in()
         if audit_due == 0.0:
             self._flush_audit()
-            audit_due = self.broker.audit_buffer.due_in()
+            audit_due = self.broker.runtime.audit_buffer.due_in()
         timeout = IDLE_RECHECK_SECONDS
         if audit_due is not None:
             timeout = min(timeout, audit_due)
@@ -100,8 +111,10 @@ class DeliveryWorker:
         try:
             if not deliveries.deliver(self.broker, due):
                 log.info("delivery %s (%s %s) failed; will retry", due.id, due.kind, due.event)
-        except Exception:
-            log.exception("delivery %s could not be recorded; its lease will expire", due.id)
+        except Exception as exc:
+            # Its lease lapses and it is tried again (the database away), unless the row
+            # itself is what fails: then it is set aside (`deliveries.set_aside`).
+            log.warning("delivery %s could not be recorded (%s)", due.id, type(exc).__name__)
         finally:
             with self._in_flight_changed:
                 self._in_flight -= 1
@@ -110,6 +123,6 @@ class DeliveryWorker:
 
     def _flush_audit(self) -> None:
         try:
-            self.broker.audit_buffer.flush(self.broker.sessions)
+            self.broker.runtime.audit_buffer.flush(self.broker.sessions)
         except Exception:
             log.exception("could not write buffered audit events; keeping them for later")

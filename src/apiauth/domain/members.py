@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -25,8 +24,7 @@ from apiauth.store.models import Member, PersonalToken, Team, new_id
 ROLES = ("owner", "member")
 DEFAULT_TEAM = "default"
 MIN_PASSWORD_LENGTH = 10
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,253}$")
-_hasher = PasswordHasher()
+_EMAIL = re.compile(r"\A[^@\s]{1,64}@[^@\s]{1,253}\Z")
 
 
 @dataclass(frozen=True)
@@ -42,8 +40,14 @@ def _view(member: Member, team: Team) -> MemberView:
     return MemberView(member.id, member.email, member.role, team.id, team.name)
 
 
+MAX_EMAIL_LENGTH = 254
+MAX_TEAM_NAME_LENGTH = 100
+
+
 def validate_email(email: str) -> str:
     email = email.strip().lower()
+    if len(email) > MAX_EMAIL_LENGTH:  # (RFC 5321's path limit; `members.email`)
+        raise InvalidInput(f"an email address has at most {MAX_EMAIL_LENGTH} characters")
     if not _EMAIL.match(email):
         raise InvalidInput(f"{email!r} is not an email address")
     return email
@@ -60,6 +64,8 @@ def create_member(
     """Add a member. The first member of an empty server owns a new team (`default` unless
     named); later members join the named team, or the only team there is."""
     email = validate_email(email)
+    if team_name is not None and not 1 <= len(team_name.strip()) <= MAX_TEAM_NAME_LENGTH:
+        raise InvalidInput(f"a team name has 1 to {MAX_TEAM_NAME_LENGTH} characters")
     if role is not None and role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     if password is not None and len(password) < MIN_PASSWORD_LENGTH:
@@ -75,7 +81,7 @@ def create_member(
             id=new_id("mem"),
             team_id=team.id,
             email=email,
-            password_hash=_hasher.hash(password) if password is not None else None,
+            password_hash=broker.password_hasher.hash(password) if password is not None else None,
             role=role or ("owner" if first_of_team else "member"),
         )
         db.add(member)
@@ -140,10 +146,10 @@ def verify_password(broker: Broker, email: str, password: str) -> MemberView:
         ).first()
     failure = AuthenticationFailed("wrong email or password")
     if row is None or row[0].password_hash is None:
-        _hasher.hash(password)  # same work whether or not the member exists
+        broker.password_hasher.hash(password)  # same work whether or not the member exists
         raise failure
     try:
-        _hasher.verify(row[0].password_hash, password)
+        broker.password_hasher.verify(row[0].password_hash, password)
     except (VerificationError, InvalidHashError):
         raise failure from None
     return _view(row[0], row[1])

@@ -16,7 +16,6 @@ its TTL ends. Entries are keyed by the token's SHA-256 hash, never by the token.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -41,8 +40,8 @@ class _Entry(Generic[T]):
 
 class AuthCache(Generic[T]):
     """Positive lookups for at most `seconds` (and never past their own `expires_at`),
-    keyed by token hash (`OpenedTokens`: by row id and ciphertext; `Answers`: by token id
-    and whose)."""
+    keyed by token hash (`OpenedTokens`: by row id and ciphertext; `Answers`: by site, whose
+    and the providers a token names)."""
 
     def __init__(
         self,
@@ -56,6 +55,10 @@ class AuthCache(Generic[T]):
         self._entries: dict[Hashable, _Entry[T]] = {}
         self._lock = threading.Lock()
         self._generation = 0
+        # For `apiauth_read_cache_lookups_total`: plain integers, not locked (a race loses a
+        # count, never an entry), so that a lookup costs the read path two additions at most.
+        self.hits = 0
+        self.misses = 0
 
     @property
     def generation(self) -> int:
@@ -70,6 +73,7 @@ class AuthCache(Generic[T]):
     def get(self, key: Hashable, now: datetime) -> T | None:
         entry = self._entries.get(key)
         if entry is None:
+            self.misses += 1
             return None
         if entry.deadline <= self._monotonic() or (
             entry.expires_at is not None and entry.expires_at <= now
@@ -77,7 +81,9 @@ class AuthCache(Generic[T]):
             with self._lock:
                 if self._entries.get(key) is entry:
                     del self._entries[key]
+            self.misses += 1
             return None
+        self.hits += 1
         return entry.value
 
     def renewal_due(self, key: Hashable) -> bool:
@@ -149,8 +155,10 @@ class Answer:
 
 
 class Answers(AuthCache[Answer]):
-    """Encoded secrets answers by (token id, whose), so that a busy function's reads cost a
-    dictionary lookup instead of a query. Why it is never stale by more than the promise:
+    """Encoded secrets answers by what they are made of (site, whose, the providers a token
+    names: `secrets_read.answer_key`), so that a busy function's reads, and the first reads
+    of the other tokens of its site, cost a dictionary lookup instead of encoding an answer.
+    Why it is never stale by more than the promise:
 
     - an entry lives at most `seconds` (1 s) from the moment its query began, the same bound
       as a revocation on another replica (`AuthCache`);
@@ -164,8 +172,18 @@ class Answers(AuthCache[Answer]):
     token never reaches an entry."""
 
 
-_WRITE = re.compile(r"\s*(?:UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+\"?(\w+)", re.IGNORECASE)
 _WROTE = "apiauth_wrote"
+
+
+def written_table(context: Any) -> str | None:
+    """The table an executed INSERT, UPDATE or DELETE wrote to, from SQLAlchemy's execution
+    context (the statement it compiled), or None for anything else. Every write apiauth
+    makes is a Core or ORM statement; SQL written out as text is not looked into."""
+    if context is None or not (context.isinsert or context.isupdate or context.isdelete):
+        return None
+    table = getattr(getattr(context.compiled, "statement", None), "table", None)
+    name = getattr(table, "name", None)
+    return name if isinstance(name, str) else None
 
 
 def watch_writes(engine: Engine, tables: frozenset[str], changed: Callable[[], None]) -> None:
@@ -176,10 +194,9 @@ def watch_writes(engine: Engine, tables: frozenset[str], changed: Callable[[], N
 
     @event.listens_for(engine, "after_cursor_execute")
     def _executed(
-        conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+        conn: Any, _cursor: Any, _statement: str, _params: Any, context: Any, _many: bool
     ) -> None:
-        match = _WRITE.match(statement)
-        if match is not None and match.group(1).lower() in tables:
+        if written_table(context) in tables:
             conn.info[_WROTE] = True
             changed()
 

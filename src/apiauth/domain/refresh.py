@@ -6,7 +6,7 @@ The rules (SPEC §3), and how they are kept:
   a *lease* written to the row (`claimed_by`, `claim_expires_at`) in a short transaction
   before the provider is called. Whoever fails to take the lease waits for the holder's
   result and returns the fresh token. Inside one process, concurrent callers share one
-  refresh (`Broker.inflight`). A lease whose holder died expires and may be taken over.
+  refresh (`Runtime.inflight`). A lease whose holder died expires and may be taken over.
 - A rotating (single-use) refresh token is never sent twice: the new refresh token is stored
   in the same transaction that releases the lease, and a lease is only taken on a row whose
   token still needs refreshing.
@@ -25,27 +25,32 @@ write still guarded by its own lease's version. A single refresh goes the same w
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import bindparam, func, select, update
 
 from apiauth.domain import audit, deliveries
+from apiauth.domain.backoff import Backoff
 from apiauth.domain.broker import Broker
 from apiauth.domain.oauth_apps import TeamClients, team_clients
 from apiauth.domain.token_store import (
     CONNECTED,
     NEEDS_REAUTH,
     REFRESHING,
+    SHORTEST_SANE_LIFETIME,
+    expires_soon,
+    is_short_lived,
+    keep_alive_at,
     lock_connection,
     open_sealed_token,
     open_token,
     refresh_due_at,
+    refresh_not_before,
     seal_token,
 )
 from apiauth.errors import (
@@ -53,18 +58,22 @@ from apiauth.errors import (
     NotFound,
     ProviderError,
     ProviderNotConfigured,
-    TokenRejected,
 )
-from apiauth.oauth import protocol
+from apiauth.oauth.modes import mode_of
 from apiauth.oauth.token_set import TokenSet
 from apiauth.store.db import transaction
+from apiauth.store.dialect import claim_rows, counts_batched_writes, rows_matched
 from apiauth.store.models import Connection, Site
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE_SECONDS = 5.0
-BACKOFF_MAX_SECONDS = 900.0
+# 5 s, 10 s, 20 s ... up to 15 min between attempts of a failing connection.
+BACKOFF = Backoff(base_seconds=5.0, max_seconds=900.0)
 WAIT_POLL_SECONDS = 0.1
+# A reader does not hand out a token this close to its expiry while someone else refreshes
+# it: the caller could not use it before it expires (a function calls the provider after
+# the read; on a busy machine that is more than a moment). It waits for the refreshed one.
+USABLE_FOR = timedelta(seconds=2)
 
 
 class ConnectionState(Protocol):
@@ -76,6 +85,9 @@ class ConnectionState(Protocol):
 
     @property
     def refresh_due_at(self) -> datetime | None: ...
+
+    @property
+    def refresh_not_before(self) -> datetime | None: ...
 
 
 Due = Callable[[ConnectionState, TokenSet | None, datetime], bool]
@@ -100,35 +112,70 @@ def _lease_expiry(broker: Broker, now: datetime) -> datetime:
     return now + timedelta(seconds=broker.settings.refresh_lease_seconds)
 
 
-def backoff_seconds(failures: int, retry_after: float | None = None) -> float:
-    """5 s, 10 s, 20 s … up to 15 min, each with up to 20 % jitter; never less than the
-    provider's `Retry-After`."""
-    delay: float = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2.0 ** max(0, failures - 1))
-    delay *= 1 + random.uniform(0, 0.2)  # noqa: S311
-    return max(delay, retry_after or 0.0)
+def too_soon(connection: ConnectionState, now: datetime) -> bool:
+    """The safety net: the connection was refreshed successfully too recently to be
+    refreshed again (`token_store.refresh_not_before`), whatever its schedule says."""
+    return connection.refresh_not_before is not None and now < connection.refresh_not_before
 
 
 def is_due_for_reader(broker: Broker) -> Due:
-    """A reader refreshes a token about to expire, unless a failing connection's backoff
-    says not yet (then it is handed out while valid, and as not logged in after)."""
-    margin = timedelta(seconds=broker.settings.refresh_margin_seconds)
+    """A reader refreshes a token that expires and whose refresh time has come (the margin
+    scales with the token's lifetime: `token_store.refresh_due_at`), unless a failing
+    connection's backoff says not yet (then it is handed out while valid, and as not logged
+    in after) or the connection was refreshed moments ago."""
 
     def due(connection: ConnectionState, token: TokenSet | None, now: datetime) -> bool:
         return (
             token is not None
-            and token.refresh_token is not None
+            and mode_of(token).renewable(token)
+            and token.expires_at is not None
             and connection.status != NEEDS_REAUTH
-            and token.expires_within(margin, now)
             and connection.refresh_due_at is not None
             and connection.refresh_due_at <= now
+            and not too_soon(connection, now)
         )
 
     return due
 
 
+S = TypeVar("S", bound=ConnectionState)
+
+
+def refresh_if_due(
+    broker: Broker, connection_id: str, state: S, token: TokenSet | None
+) -> tuple[S | Connection, TokenSet | None]:
+    """What a reader hands out (the secrets read, the proxy): the token as read, or, when
+    `is_due_for_reader` says so, the connection and token after a refresh. A reader whose
+    token is still valid never queues behind a refresh that someone else runs (another
+    reader of this process, the refresher, another replica): it hands out the token it has.
+    Only a reader whose token has expired, or expires within `USABLE_FOR`, waits for the
+    refreshed one."""
+    due = is_due_for_reader(broker)
+    now = broker.clock()
+    if not due(state, token, now):
+        return state, token
+    valid = (
+        token is not None and token.expires_at is not None and token.expires_at > now + USABLE_FOR
+    )
+    refreshed = _refresh_connection(broker, connection_id, due, check_first=True, wait=not valid)
+    if refreshed is None:
+        return state, token
+    return refreshed.connection, refreshed.token
+
+
 def is_refreshable(connection: ConnectionState, token: TokenSet | None, now: datetime) -> bool:
-    """A person asked: refresh whenever there is a refresh token, backoff or not."""
-    return token is not None and token.refresh_token is not None
+    """A person asked: renew whenever the token's mode can (a refresh token, a key to
+    re-verify), backoff or not."""
+    return token is not None and mode_of(token).renewable(token)
+
+
+def is_refreshable_after_rejection(
+    connection: ConnectionState, token: TokenSet | None, now: datetime
+) -> bool:
+    """The provider refused the token (the proxy's 401): refresh whenever there is a refresh
+    token, backoff or not, but not again moments after a successful refresh: a provider that
+    refuses every token it issues is not asked for a new one on every call."""
+    return is_refreshable(connection, token, now) and not too_soon(connection, now)
 
 
 def refresh_connection(
@@ -137,23 +184,35 @@ def refresh_connection(
     """Refresh the connection if `due` says so, sharing the work with every concurrent caller
     in this process and waiting for any other process that holds the lease. `check_first`:
     a token without an expiry is only refreshed when the provider refuses it."""
-    with broker.inflight_lock:
-        shared = broker.inflight.get(connection_id)
+    refreshed = _refresh_connection(broker, connection_id, due, check_first=check_first, wait=True)
+    assert refreshed is not None
+    return refreshed
+
+
+def _refresh_connection(
+    broker: Broker, connection_id: str, due: Due, *, check_first: bool, wait: bool
+) -> Refreshed | None:
+    """`refresh_connection`; `wait=False`: None at once when someone else (in this process
+    or another) is refreshing the connection, instead of waiting for their result."""
+    with broker.runtime.inflight_lock:
+        shared = broker.runtime.inflight.get(connection_id)
         leader = shared is None
         if shared is None:
             shared = Future()
-            broker.inflight[connection_id] = shared
+            broker.runtime.inflight[connection_id] = shared
     if not leader:
+        if not wait:
+            return None
         result: Refreshed = shared.result(timeout=_wait_limit(broker))
         return result
     try:
-        outcome = _refresh_or_wait(broker, connection_id, due, check_first)
+        outcome = _refresh_or_wait(broker, connection_id, due, check_first, wait)
     except BaseException as exc:
         shared.set_exception(exc)
         raise
     finally:
-        with broker.inflight_lock:
-            broker.inflight.pop(connection_id, None)
+        with broker.runtime.inflight_lock:
+            broker.runtime.inflight.pop(connection_id, None)
     shared.set_result(outcome)
     return outcome
 
@@ -162,17 +221,23 @@ def _wait_limit(broker: Broker) -> float:
     return broker.settings.refresh_lease_seconds + 2 * broker.settings.http_timeout_seconds
 
 
-def _refresh_or_wait(broker: Broker, connection_id: str, due: Due, check_first: bool) -> Refreshed:
+def _refresh_or_wait(
+    broker: Broker, connection_id: str, due: Due, check_first: bool, wait: bool
+) -> Refreshed | None:
     deadline = time.monotonic() + _wait_limit(broker)
+    waited = False
     while True:
-        lease, current = _take_lease(broker, connection_id, due)
+        lease, current = _take_lease(broker, connection_id, due, after_waiting=waited)
         if lease is not None:
             return perform_refresh(broker, lease, check_first=check_first)
         if current is not None:
             return current
+        if not wait:
+            return None
         # Another process holds the lease: wait for its result, or for the lease to lapse.
         if time.monotonic() > deadline:
             return _read(broker, connection_id)
+        waited = True
         time.sleep(WAIT_POLL_SECONDS)
 
 
@@ -189,17 +254,20 @@ def _lease_free(connection: Connection, now: datetime) -> bool:
 
 
 def _take_lease(
-    broker: Broker, connection_id: str, due: Due
+    broker: Broker, connection_id: str, due: Due, *, after_waiting: bool = False
 ) -> tuple[Lease | None, Refreshed | None]:
     """(lease, None) when this process now holds the refresh; (None, row) when no refresh is
-    needed; (None, None) when another process holds it."""
+    needed; (None, None) when another process holds it. `after_waiting`: we waited for
+    another process's refresh; once it released its lease, its outcome (a fresh token, or a
+    failure) is ours too, and the row is returned as it stands: never a second refresh. Only
+    a lease that lapsed (its holder died) is taken over."""
     now = broker.clock()
     with transaction(broker.sessions) as db:
         connection = lock_connection(db, select(Connection).where(Connection.id == connection_id))
         if connection is None:
             raise NotFound("the connection was deleted")
         token = open_token(broker, connection)
-        if not due(connection, token, now):
+        if not due(connection, token, now) or (after_waiting and connection.claimed_by is None):
             return None, Refreshed(connection, token)
         if not _lease_free(connection, now):
             return None, None
@@ -219,16 +287,17 @@ def _claim(
             Connection.version == version,
             (Connection.claim_expires_at.is_(None)) | (Connection.claim_expires_at <= now),
         )
-        .values(claimed_by=broker.worker_id, claim_expires_at=expires_at, status=REFRESHING)
+        .values(claimed_by=broker.runtime.worker_id, claim_expires_at=expires_at, status=REFRESHING)
         .execution_options(synchronize_session=False)
     )
-    return Lease(connection_id, version, expires_at) if taken.rowcount == 1 else None
+    return Lease(connection_id, version, expires_at) if rows_matched(taken) == 1 else None
 
 
 def _due_and_free(now: datetime) -> Any:
     return (
         (Connection.refresh_due_at <= now)
         & (Connection.status != NEEDS_REAUTH)
+        & (Connection.refresh_not_before.is_(None) | (Connection.refresh_not_before <= now))
         & ((Connection.claim_expires_at.is_(None)) | (Connection.claim_expires_at <= now))
     )
 
@@ -244,6 +313,8 @@ class LeasedConnection:
     provider: str
     token_enc: bytes | None
     failure_count: int
+    refresh_due_at: datetime | None
+    expiry_warned_at: datetime | None = None
 
     @classmethod
     def of(cls, row: Any, lease: Lease, team_id: str) -> LeasedConnection:
@@ -256,6 +327,8 @@ class LeasedConnection:
             row.provider,
             row.token_enc,
             row.failure_count,
+            row.refresh_due_at,
+            row.expiry_warned_at,
         )
 
 
@@ -286,6 +359,8 @@ _LEASED_COLUMNS = (
     Connection.provider,
     Connection.token_enc,
     Connection.failure_count,
+    Connection.refresh_due_at,
+    Connection.expiry_warned_at,
 )
 
 
@@ -297,25 +372,25 @@ def lease_due_connections(broker: Broker, limit: int) -> Batch:
     that replicas take disjoint batches."""
     now = broker.clock()
     with transaction(broker.sessions) as db:
-        candidates = (
+        expires_at = _lease_expiry(broker, now)
+        leased_rows = claim_rows(
+            db,
             select(Connection.id)
             .where(_due_and_free(now))
             .order_by(Connection.refresh_due_at)
-            .limit(limit)
-        )
-        if db.get_bind().dialect.name != "sqlite":
-            candidates = candidates.with_for_update(skip_locked=True)
-        ids = list(db.scalars(candidates))
-        if not ids:
-            return Batch([], {}, team_clients(broker, db, ()))
-        expires_at = _lease_expiry(broker, now)
-        rows = db.connection().execute(
+            .limit(limit),
             update(Connection)
-            .where(Connection.id.in_(ids), _due_and_free(now))
-            .values(claimed_by=broker.worker_id, claim_expires_at=expires_at, status=REFRESHING)
-            .returning(*_LEASED_COLUMNS)
+            .where(_due_and_free(now))
+            .values(
+                claimed_by=broker.runtime.worker_id,
+                claim_expires_at=expires_at,
+                status=REFRESHING,
+            ),
+            Connection.id,
+            _LEASED_COLUMNS,
         )
-        leased_rows = list(rows)
+        if not leased_rows:
+            return Batch([], {}, team_clients(broker, db, ()))
         site_rows = db.execute(
             select(Site.id, Site.team_id, Site.name, Site.deploy_hook_url, Site.webhook_url).where(
                 Site.id.in_({row.site_id for row in leased_rows})
@@ -327,10 +402,9 @@ def lease_due_connections(broker: Broker, limit: int) -> Batch:
             for row in site_rows
         }
         clients = team_clients(broker, db, set(teams.values()))
-    order = {connection_id: index for index, connection_id in enumerate(ids)}
     leased = [
         LeasedConnection.of(row, Lease(row.id, row.version, expires_at), teams.get(row.site_id, ""))
-        for row in sorted(leased_rows, key=lambda row: order[row.id])
+        for row in leased_rows
     ]
     return Batch(leased, sites, clients)
 
@@ -345,6 +419,12 @@ def next_due_time(broker: Broker) -> datetime | None:
                 Connection.status != NEEDS_REAUTH,
                 Connection.refresh_due_at.is_not(None),
                 (Connection.claim_expires_at.is_(None)) | (Connection.claim_expires_at <= now),
+                # Not one held back past its refresh time by its minimum interval (only when
+                # something moved its refresh time earlier: a refresh schedules no sooner
+                # than that interval): such a row is found by a recheck.
+                Connection.refresh_not_before.is_(None)
+                | (Connection.refresh_not_before <= now)
+                | (Connection.refresh_not_before <= Connection.refresh_due_at),
             )
         )
         lapsing_lease: datetime | None = db.scalar(
@@ -384,7 +464,7 @@ def attempt_refresh(
 ) -> Outcome:
     """Call the provider for a leased connection, outside any transaction. Never raises:
     whatever goes wrong is an outcome, so that no lease is left behind."""
-    provider = broker.catalog.get(leased.provider)
+    provider = clients.provider(leased.team_id, leased.provider)
     now = broker.clock()
     if now + _provider_time(broker) >= leased.lease.expires_at:
         # The lease waited in a queue (a slow provider) and could lapse before the provider
@@ -396,22 +476,26 @@ def attempt_refresh(
         )
         if provider is None:
             raise ProviderError(f"the provider {leased.provider!r} is no longer configured")
-        if token is None or token.refresh_token is None:
+        if token is None:
+            raise ProviderError("there is no token: reconnect")
+        mode = mode_of(token)
+        if not mode.renewable(token):
             raise ProviderError("there is no refresh token: reconnect")
         try:
-            client = clients.get(leased.team_id, provider.name)
+            client = clients.get(leased.team_id, provider.name) if mode.needs_client else None
         except ProviderNotConfigured as exc:
             raise ProviderError(exc.message) from None
-        if token.expires_at is None and check_first:
-            # No expiry to go by (Salesforce): ask the provider whether the token still works,
-            # and refresh only when it says no.
-            try:
-                protocol.fetch_account(broker.http, provider, token)
-            except TokenRejected:
-                pass
-            else:
-                return Outcome(leased, CHECKED, now)
-        fresh = protocol.refresh_token_set(broker.http, provider, client, token, now=now)
+        # The mode renews: a refresh grant (after a who-am-I check for a token without an
+        # expiry, `check_first`), a re-verified key, a newly minted token. A refresh token
+        # that dies unused is used once its keep-alive time comes, check or not.
+        keep_alive = keep_alive_at(token, now)
+        check_first = check_first and (keep_alive is None or now < keep_alive)
+        with broker.runtime.metrics.timing_refresh(provider.name):
+            fresh = mode.renew(
+                broker.http_for(provider), provider, client, token, now=now, check_first=check_first
+            )
+        if fresh is None:
+            return Outcome(leased, CHECKED, now)
     except InvalidGrant as exc:
         return Outcome(leased, REFUSED, now, error=exc)
     except ProviderError as exc:
@@ -478,16 +562,24 @@ _STORE_FRESH = _guarded(
     token_enc=bindparam("token_enc"),
     expires_at=bindparam("expires_at"),
     refresh_due_at=bindparam("refresh_due_at"),
+    refresh_not_before=bindparam("refresh_not_before"),
+    refresh_expires_at=bindparam("refresh_expires_at"),
+    expiry_warned_at=bindparam("expiry_warned_at"),
     granted_scopes=bindparam("granted_scopes"),
     status=CONNECTED,
     last_refreshed_at=bindparam("now"),
     last_error=None,
     failure_count=0,
+    degraded_since=None,
     # A new version: a lease taken on the old one can store nothing over this token.
     version=Connection.version + 1,
 )
 _STORE_CHECKED = _guarded(
-    status=CONNECTED, last_error=None, failure_count=0, refresh_due_at=bindparam("refresh_due_at")
+    status=CONNECTED,
+    last_error=None,
+    failure_count=0,
+    degraded_since=None,
+    refresh_due_at=bindparam("refresh_due_at"),
 )
 _STORE_REFUSED = _guarded(status=NEEDS_REAUTH, last_error=bindparam("error"), refresh_due_at=None)
 _STORE_UNTRIED = _guarded(status=CONNECTED)
@@ -496,11 +588,20 @@ _STORE_FAILURE = _guarded(
     last_error=bindparam("error"),
     refresh_due_at=bindparam("refresh_due_at"),
     failure_count=Connection.failure_count + 1,
+    degraded_since=func.coalesce(Connection.degraded_since, bindparam("now")),
 )
 
 
-def _write(broker: Broker, outcome: Outcome) -> tuple[Any, dict[str, Any], Event | None]:
-    """The guarded statement, its parameters and the event (kind, detail) for an outcome."""
+def _write(broker: Broker, outcome: Outcome) -> tuple[Any, dict[str, Any], list[Event]]:
+    """The guarded statement, its parameters and the events (kind, detail) for an outcome.
+    Health is a state machine: `connection.refresh_failed` fires on the first failure of a
+    degradation (not on every retry), `connection.recovered` when a refresh (or check)
+    succeeds after failures."""
+    recovered: list[Event] = (
+        [("connection.recovered", {"failed_refreshes": outcome.leased.failure_count})]
+        if outcome.leased.failure_count > 0
+        else []
+    )
     leased = outcome.leased
     params: dict[str, Any] = {
         "b_id": leased.lease.connection_id,
@@ -513,31 +614,77 @@ def _write(broker: Broker, outcome: Outcome) -> tuple[Any, dict[str, Any], Event
             token_enc=seal_token(broker, leased.lease.connection_id, fresh),
             expires_at=fresh.expires_at,
             refresh_due_at=refresh_due_at(broker, fresh, outcome.at),
+            refresh_not_before=refresh_not_before(fresh, outcome.at),
+            refresh_expires_at=fresh.refresh_expires_at,
             granted_scopes=list(fresh.granted_scopes),
             now=outcome.at,
         )
-        return _STORE_FRESH, params, ("connection.refreshed", {})
+        # `connection.expiring` once, when the refresh token's end comes within the warning
+        # (a later end, from a refresh token that lives longer, may be warned about again).
+        expiring: list[Event] = []
+        warned = leased.expiry_warned_at
+        if not expires_soon(broker, fresh.refresh_expires_at, outcome.at):
+            warned = None
+        elif warned is None:
+            warned = outcome.at
+            assert fresh.refresh_expires_at is not None
+            expiring.append(
+                (
+                    "connection.expiring",
+                    {"refresh_expires_at": fresh.refresh_expires_at.isoformat()},
+                )
+            )
+        params["expiry_warned_at"] = warned
+        if is_short_lived(fresh, outcome.at):
+            _log_short_lived(broker, leased.provider, fresh, outcome.at)
+        return _STORE_FRESH, params, [("connection.refreshed", {}), *recovered, *expiring]
     if outcome.kind == UNTRIED:
-        return _STORE_UNTRIED, params, None
+        return _STORE_UNTRIED, params, []
     if outcome.kind == CHECKED:
-        params["refresh_due_at"] = outcome.at + timedelta(
-            seconds=broker.settings.validate_interval_seconds
+        checked = outcome.at + timedelta(seconds=broker.settings.validate_interval_seconds)
+        token = open_sealed_token(
+            broker, leased.lease.connection_id, leased.token_enc, remember=False
         )
-        return _STORE_CHECKED, params, None
+        keep_alive = None if token is None else keep_alive_at(token, outcome.at)
+        params["refresh_due_at"] = min(checked, keep_alive or checked)
+        return _STORE_CHECKED, params, recovered
     error = outcome.error
     assert error is not None
     params["error"] = error.message
     if outcome.kind == REFUSED:
-        return _STORE_REFUSED, params, ("connection.needs_reauth", {"error": error.message})
-    delay = backoff_seconds(leased.failure_count + 1, error.retry_after)
+        return _STORE_REFUSED, params, [("connection.needs_reauth", {"error": error.message})]
+    delay = BACKOFF.delay(leased.failure_count + 1, error.retry_after)
     params["refresh_due_at"] = broker.clock() + timedelta(seconds=delay)
+    params["now"] = outcome.at
+    first = leased.failure_count == 0
     return (
         _STORE_FAILURE,
         params,
-        (
-            "connection.refresh_failed",
-            {"error": error.message, "retry_in_seconds": round(delay, 1)},
-        ),
+        [
+            (
+                "connection.refresh_failed",
+                {"error": error.message, "retry_in_seconds": round(delay, 1)},
+            )
+        ]
+        if first
+        else [],
+    )
+
+
+def _log_short_lived(broker: Broker, provider: str, token: TokenSet, now: datetime) -> None:
+    """Once per provider and process: its tokens live too short to refresh once a lifetime."""
+    logged = broker.runtime.short_lived_providers
+    if provider in logged:
+        return
+    logged.add(provider)
+    assert token.expires_at is not None
+    log.warning(
+        "%s granted an access token that lives %.1f s; its connections are refreshed at most "
+        "every %.0f s, and their tokens may be expired in between",
+        provider,
+        max((token.expires_at - now).total_seconds(), 0.0),
+        SHORTEST_SANE_LIFETIME.total_seconds(),
+        extra={"provider": provider},
     )
 
 
@@ -557,12 +704,13 @@ def store_outcomes(
         stored = _store(broker, writes, sites, together=True)
     except _Overtaken:
         stored = _store(broker, writes, sites, together=False)
+    broker.runtime.metrics.refreshes_stored(stored)
     if stored:
-        broker.refresh_wakeup.set()
+        broker.runtime.refresh_wakeup.set()
     return stored
 
 
-_Write = tuple[Outcome, Any, dict[str, Any], Event | None]
+_Write = tuple[Outcome, Any, dict[str, Any], list[Event]]
 
 
 def _store(
@@ -576,7 +724,7 @@ def _store(
     with transaction(broker.sessions) as db:
         connection = db.connection()
         batched: set[int] = set()
-        if together and connection.dialect.supports_sane_multi_rowcount:
+        if together and counts_batched_writes(connection):
             batched = {index for index, write in enumerate(writes) if write[1] is _STORE_FRESH}
         if len(batched) > 1:
             params_list = [writes[index][2] for index in sorted(batched)]
@@ -584,7 +732,7 @@ def _store(
                 raise _Overtaken
         else:
             batched = set()
-        for index, (outcome, statement, params, event) in enumerate(writes):
+        for index, (outcome, statement, params, events) in enumerate(writes):
             if index not in batched and connection.execute(statement, params).rowcount != 1:
                 continue
             stored.append(outcome)
@@ -596,16 +744,17 @@ def _store(
                     leased.provider,
                     outcome.error.message,
                     (params["refresh_due_at"] - broker.clock()).total_seconds(),
+                    extra={"provider": leased.provider, "outcome": FAILED},
                 )
             site = sites.get(leased.site_id)
-            if event is None or site is None:
+            if site is None:
                 continue
-            kind, extra = event
-            detail: dict[str, Any] = {"provider": leased.provider, **extra}
-            if leased.visitor_id:
-                detail["visitor_id"] = leased.visitor_id
-            audit_events.append(audit.Event(site.id, kind, "refresher", detail))
-            deliveries.enqueue(db, site, kind, detail)
+            for kind, extra in events:
+                detail: dict[str, Any] = {"provider": leased.provider, **extra}
+                if leased.visitor_id:
+                    detail["visitor_id"] = leased.visitor_id
+                audit_events.append(audit.Event(site.id, kind, "refresher", detail))
+                deliveries.enqueue(broker, db, site, kind, detail)
         audit.record_many(db, audit_events)
     return stored
 

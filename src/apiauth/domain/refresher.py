@@ -4,7 +4,7 @@ with a bounded pool (outside any transaction), stores the batch's outcomes in on
 transaction, and sleeps again.
 
 Idle, it wakes only when its own process schedules something sooner
-(`Broker.refresh_wakeup`) or every `refresher_recheck_seconds` (30 s) to notice what other
+(`Runtime.refresh_wakeup`) or every `refresher_recheck_seconds` (30 s) to notice what other
 replicas scheduled or left behind: one small query, not a loop that polls every second.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
 
+from apiauth.domain.backoff import Backoff, Failures
 from apiauth.domain.broker import Broker
 from apiauth.domain.refresh import (
     Batch,
@@ -28,10 +29,13 @@ from apiauth.domain.refresh import (
     store_outcomes,
     untried,
 )
+from apiauth.store.db import database_unavailable
 
 log = logging.getLogger(__name__)
 
+# After a failed round (the database away): 5 s, doubling while it goes on, at most 5 min.
 ERROR_PAUSE_SECONDS = 5.0
+MAX_ERROR_PAUSE_SECONDS = 300.0
 MIN_SLEEP_SECONDS = 0.05
 BATCH = 100
 # A batch's outcomes exist only in memory until stored (a rotating refresh token has been
@@ -53,7 +57,6 @@ class Refresher:
         self.broker = broker
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self.refreshed = 0
 
     def start(self) -> None:
         try:
@@ -67,7 +70,7 @@ class Refresher:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.broker.refresh_wakeup.set()
+        self.broker.runtime.refresh_wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=self.broker.settings.http_timeout_seconds + 5)
 
@@ -78,14 +81,22 @@ class Refresher:
         concurrency = self.broker.settings.refresh_concurrency
         pool = ThreadPoolExecutor(concurrency, thread_name_prefix="apiauth-refresh")
         in_flight: _InFlight | None = None
+        failures = Failures(Backoff(ERROR_PAUSE_SECONDS, MAX_ERROR_PAUSE_SECONDS))
         try:
             while not self._stopping.is_set():
                 try:
                     in_flight = self._step(pool, in_flight)
-                except Exception:
+                except Exception as exc:
                     in_flight = None  # (only leasing raises: nothing was leased)
-                    log.exception("the refresher failed a round; trying again shortly")
-                    self._stopping.wait(ERROR_PAUSE_SECONDS)
+                    pause = failures.failed()
+                    log.warning(
+                        "the refresher failed a round (%s); trying again in %.0f s",
+                        type(exc).__name__,
+                        pause,
+                    )
+                    self._stopping.wait(pause)
+                else:
+                    failures.succeeded()
         finally:
             # Calls not yet started give their leases back, so that the connections are
             # refreshed at once by whoever runs next instead of when the leases lapse.
@@ -94,7 +105,7 @@ class Refresher:
                 self._store(in_flight)
 
     def _step(self, pool: ThreadPoolExecutor, previous: _InFlight | None) -> _InFlight | None:
-        wakeup = self.broker.refresh_wakeup
+        wakeup = self.broker.runtime.refresh_wakeup
         wakeup.clear()
         current = None
         try:
@@ -131,8 +142,16 @@ class Refresher:
         ]
         for tries_left in reversed(range(STORE_ATTEMPTS)):
             try:
-                stored = store_outcomes(self.broker, outcomes, in_flight.batch.sites)
+                store_outcomes(self.broker, outcomes, in_flight.batch.sites)
             except DBAPIError as exc:
+                if not database_unavailable(exc):  # a row's value: see below
+                    log.error(
+                        "could not store %d refresh outcomes together (%s); one by one",
+                        len(outcomes),
+                        type(exc).__name__,
+                    )
+                    self._store_one_by_one(outcomes, in_flight.batch)
+                    return
                 log.warning(
                     "could not store %d refresh outcomes (%s)%s",
                     len(outcomes),
@@ -140,9 +159,30 @@ class Refresher:
                     "; trying again" if tries_left else "; their leases will lapse",
                 )
                 self._stopping.wait(STORE_RETRY_SECONDS if tries_left else 0)
-            except Exception:
-                log.exception("could not store %d refresh outcomes", len(outcomes))
+            except Exception as exc:
+                # Not the database: something in one outcome. Store them one by one, so
+                # that one connection's odd answer does not lose the batch's refreshes.
+                log.error(
+                    "could not store %d refresh outcomes together (%s); one by one",
+                    len(outcomes),
+                    type(exc).__name__,
+                )
+                self._store_one_by_one(outcomes, in_flight.batch)
                 return
             else:
-                self.refreshed += len(stored)
                 return
+
+    def _store_one_by_one(self, outcomes: list[Outcome], batch: Batch) -> None:
+        """Each outcome in its own transaction; one that cannot be stored is set aside:
+        logged by connection id, its lease left to lapse, so that the connection is tried
+        again a lease later (`APIAUTH_REFRESH_LEASE_SECONDS`), not at once in a loop."""
+        for outcome in outcomes:
+            try:
+                store_outcomes(self.broker, [outcome], batch.sites)
+            except Exception as exc:
+                log.error(
+                    "set aside the refresh outcome of connection %s (%s); tried again "
+                    "when its lease lapses",
+                    outcome.leased.lease.connection_id,
+                    type(exc).__name__,
+                )

@@ -23,6 +23,7 @@ from apiauth.domain.members import (
 from apiauth.domain.token_format import hash_token
 from apiauth.errors import InvalidInput, PermissionDenied
 from apiauth.store.db import transaction
+from apiauth.store.dialect import rows_matched
 from apiauth.store.models import ServerState
 
 SETUP_TOKEN_KEY = "setup_token_hash"  # noqa: S105 (a key name, not a secret)
@@ -66,6 +67,6 @@ def create_owner(
     with transaction(broker.sessions) as db:
         # Spend the token first, so that two browsers racing with one link make one owner.
         gone = db.execute(delete(ServerState).where(ServerState.key == SETUP_TOKEN_KEY))
-        if getattr(gone, "rowcount", 1) != 1:
+        if rows_matched(gone) != 1:
             raise PermissionDenied("this setup link was used already")
     return create_member(broker, email, password, role="owner", team_name=team_name)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from apiauth.domain import audit, deliveries
 from apiauth.domain.broker import Broker
+from apiauth.domain.cache_notices import Forget, announce
 from apiauth.domain.members import MemberView
 from apiauth.domain.token_format import TokenKind, generate_token, hash_token, token_kind
 from apiauth.domain.token_store import NEEDS_REAUTH
@@ -188,14 +190,28 @@ def enable_api_auth(broker: Broker, member: MemberView, name: str) -> str:
     Enabling an enabled site issues a new token and revokes the old one, like a rotation:
     a token that was shown once cannot be shown again.
     """
+    token = _enable(broker, member, name, rotate=True)
+    assert token is not None
+    return token
+
+
+def enable_api_auth_once(broker: Broker, member: MemberView, name: str) -> str | None:
+    """Turn API Authentication on and issue a site token; None (and nothing changed) when
+    it is on already, so that enabling twice never revokes a token in use by surprise."""
+    return _enable(broker, member, name, rotate=False)
+
+
+def _enable(broker: Broker, member: MemberView, name: str, *, rotate: bool) -> str | None:
     with transaction(broker.sessions) as db:
         site = find_site(db, member.team_id, name)
         was_enabled = site.api_auth_enabled
+        if was_enabled and not rotate:
+            return None
         site.api_auth_enabled = True
         token = _issue_site_token(db, site, broker.clock())
         event = "api_auth.rotated" if was_enabled else "api_auth.enabled"
         audit.record(db, site.id, event, member.email)
-        deliveries.enqueue(db, site, "api_auth.enabled", {})
+        deliveries.enqueue(broker, db, site, "api_auth.enabled", {})
     forget_valid_tokens(broker)
     return token
 
@@ -221,9 +237,10 @@ def disable_api_auth(broker: Broker, member: MemberView, name: str) -> None:
 
 
 def forget_valid_tokens(broker: Broker) -> None:
-    """Call after committing a revocation: it takes effect at once in this process (other
-    processes forget within `SITE_TOKEN_CACHE_SECONDS`)."""
-    broker.site_tokens.clear()
+    """Call after committing a revocation: it takes effect at once in this process, and in
+    the others when they hear of it (`cache_notices`; within `SITE_TOKEN_CACHE_SECONDS` if
+    a notice is lost)."""
+    announce(broker, Forget.TOKENS)
 
 
 def _revoke_site_tokens(db: Session, site_id: str, now: datetime) -> None:
@@ -250,47 +267,94 @@ def _issue_site_token(db: Session, site: Site, now: datetime) -> str:
     return token
 
 
+# The columns that decide whether a site or function token is good, from its hash in one
+# statement with the token it was minted from and its site (Core rows, no ORM objects: the
+# cold read of `secrets_read.first_read` adds the site's connections to the same statement).
+_PARENT = aliased(SiteToken, name="parent_token")
+CALLER_COLUMNS = (
+    SiteToken.id.label("token_id"),
+    SiteToken.kind.label("caller_kind"),
+    SiteToken.providers.label("token_providers"),
+    SiteToken.visitor_id.label("token_visitor_id"),
+    SiteToken.expires_at.label("token_expires_at"),
+    SiteToken.revoked_at.label("token_revoked_at"),
+    _PARENT.id.label("parent_id"),
+    _PARENT.expires_at.label("parent_expires_at"),
+    _PARENT.revoked_at.label("parent_revoked_at"),
+    Site.id.label("site_id"),
+    Site.name.label("site_name"),
+    Site.api_auth_enabled.label("site_enabled"),
+)
+
+
+def tokens_with_sites(*columns: Any) -> Select[*tuple[Any, ...]]:
+    """`CALLER_COLUMNS` (and `columns`) of the token whose hash is the `token_hash` bound
+    parameter, joined to its site and the token it was minted from."""
+    return (
+        select(*CALLER_COLUMNS, *columns)
+        .select_from(SiteToken)
+        .join(Site, Site.id == SiteToken.site_id)
+        .outerjoin(_PARENT, _PARENT.id == SiteToken.parent_id)
+        .where(SiteToken.token_hash == bindparam("token_hash"))
+    )
+
+
+_CALLER = tokens_with_sites()
+
+
+def token_refused() -> AuthenticationFailed:
+    """One answer for every kind of bad token."""
+    return AuthenticationFailed(
+        f"a valid site or function token is required (set {ENV_VAR}; "
+        "`apiauth sites enable SITE` issues one)"
+    )
+
+
+def well_formed_site_token(token: str) -> bool:
+    """A site or function token by its form (prefix, length, checksum): anything else is
+    refused without asking the database."""
+    return token_kind(token) in (TokenKind.SITE, TokenKind.FUNCTION)
+
+
+def caller_of(row: Any, now: datetime) -> tuple[SiteCaller, datetime | None] | None:
+    """The caller a row of `CALLER_COLUMNS` names and when its token (or the one it was
+    minted from) expires, or None when the token is not good now."""
+    # A function token lives only as long as the site token it was minted from, whether or
+    # not the revocation reached its own row.
+    if row.token_revoked_at is not None or not row.site_enabled:
+        return None
+    expiries = [row.token_expires_at]
+    if row.caller_kind != "site":
+        if row.parent_id is None or row.parent_revoked_at is not None:
+            return None
+        expiries.append(row.parent_expires_at)
+    known = [at for at in expiries if at is not None]
+    if any(at <= now for at in known):
+        return None
+    providers = tuple(row.token_providers) if row.token_providers is not None else None
+    caller = SiteCaller(
+        row.site_id, row.site_name, row.token_id, row.caller_kind, providers, row.token_visitor_id
+    )
+    return caller, min(known, default=None)
+
+
 def authenticate_site_token(broker: Broker, token: str, *, renew: bool = False) -> SiteCaller:
     """The site a site or function token reads; one answer for every kind of bad token.
     `renew`: look it up even if it was found valid within the last second (and remember the
     new answer)."""
-    failure = AuthenticationFailed(
-        f"a valid site or function token is required (set {ENV_VAR}; "
-        "`apiauth sites enable SITE` issues one)"
-    )
-    if token_kind(token) not in (TokenKind.SITE, TokenKind.FUNCTION):
-        raise failure
+    if not well_formed_site_token(token):
+        raise token_refused()
     now = broker.clock()
     token_hash = hash_token(token)
-    cached = None if renew else broker.site_tokens.get(token_hash, now)
+    cached = None if renew else broker.runtime.site_tokens.get(token_hash, now)
     if cached is not None:
         return cached
-    began = broker.site_tokens.begin()
-    parent = aliased(SiteToken)
-    with broker.sessions() as db:
-        row = db.execute(
-            select(SiteToken, Site, parent)
-            .join(Site, Site.id == SiteToken.site_id)
-            .outerjoin(parent, parent.id == SiteToken.parent_id)
-            .where(SiteToken.token_hash == token_hash)
-        ).first()
-    if row is None:
-        raise failure
-    site_token, site, parent_token = row
-    # A function token lives only as long as the site token it was minted from, whether or
-    # not the revocation reached its own row.
-    chain = [site_token] if site_token.kind == "site" else [site_token, parent_token]
-    for link in chain:
-        if link is None or link.revoked_at is not None:
-            raise failure
-        if link.expires_at is not None and link.expires_at <= now:
-            raise failure
-    if not site.api_auth_enabled:
-        raise failure
-    providers = tuple(site_token.providers) if site_token.providers is not None else None
-    caller = SiteCaller(
-        site.id, site.name, site_token.id, site_token.kind, providers, site_token.visitor_id
-    )
-    expiries = [link.expires_at for link in chain if link is not None and link.expires_at]
-    broker.site_tokens.put(token_hash, caller, min(expiries, default=None), began)
+    began = broker.runtime.site_tokens.begin()
+    with broker.engine.connect() as db:
+        row = db.execute(_CALLER, {"token_hash": token_hash}).first()
+    found = None if row is None else caller_of(row, now)
+    if found is None:
+        raise token_refused()
+    caller, expires_at = found
+    broker.runtime.site_tokens.put(token_hash, caller, expires_at, began)
     return caller

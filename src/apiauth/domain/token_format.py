@@ -63,10 +63,3 @@ def token_kind(token: str) -> TokenKind | None:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def mask_token(token: str) -> str:
-    """What may be shown of a token after it was revealed once: its prefix and last 4 chars."""
-    kind = token_kind(token)
-    prefix = kind.prefix if kind else ""
-    return f"{prefix}…{token[-4:]}" if kind else "…"

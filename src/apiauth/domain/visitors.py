@@ -21,7 +21,6 @@ flows in progress, connect links and bound function tokens, and leaves an audit 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import secrets
 from collections.abc import Mapping, Sequence
@@ -30,33 +29,37 @@ from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
-from apiauth.domain import audit, deliveries
+from apiauth.domain import audit
 from apiauth.domain.broker import Broker
-from apiauth.domain.connections import (
-    AuthorizationStart,
-    ConnectionView,
-    connection_view,
-    start_connection,
-    validate_scopes,
-)
+from apiauth.domain.connect_flow import AuthorizationStart, start_connection, validate_scopes
+from apiauth.domain.connections import ConnectionView, Erased, connection_view, revoke_and_erase
 from apiauth.domain.function_tokens import validate_providers
 from apiauth.domain.members import MemberView
 from apiauth.domain.oauth_apps import client_for
-from apiauth.domain.sites import SiteCaller, find_site
+from apiauth.domain.sites import SiteCaller, find_site, forget_valid_tokens
+from apiauth.domain.team_catalog import providers_of_team, team_of_site
 from apiauth.domain.token_format import hash_token
-from apiauth.domain.token_store import open_token
 from apiauth.errors import (
-    ApiAuthServerError,
     ConnectLinkSpent,
     InvalidInput,
     NotFound,
     PermissionDenied,
 )
-from apiauth.oauth import protocol
 from apiauth.providers import Provider
 from apiauth.store.db import transaction
-from apiauth.store.models import AuthState, Connection, ConnectSession, Site, SiteToken, new_id
+from apiauth.store.dialect import rows_matched
+from apiauth.store.models import (
+    AuthState,
+    Connection,
+    ConnectSession,
+    Site,
+    SiteToken,
+    Team,
+    new_id,
+)
+from apiauth.url_policy import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +68,6 @@ MAX_VISITOR_ID = 255
 MAX_RETURN_URL = 2048
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
-CONNECTED_PARAM = "apiauth_connected"
-ERROR_PARAM = "apiauth_error"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class ConnectPage:
     providers: tuple[Provider, ...]
     expires_at: datetime
     return_url: str
+    team_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,27 +152,19 @@ def validate_return_url(url: object) -> str:
         or "\\" in url
     ):
         raise problem
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)  # an unclosed IPv6 bracket raises
         parts.port  # noqa: B018 (a bad port raises)
+        parts.hostname  # noqa: B018 (a bad zone or bracket raises)
     except ValueError:
         raise problem from None
     if not parts.hostname or parts.username is not None or parts.password is not None:
         raise problem
     if parts.scheme == "https":
         return url
-    if parts.scheme == "http" and _is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
         return url
     raise problem
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def return_location(return_url: str, **params: str) -> str:
@@ -218,14 +212,15 @@ def create_connect_session(
     """A single-use link for one visitor to connect one of `providers`; shown once."""
     _site_token_only(caller, "create connect sessions")
     visitor_id = validate_visitor_id(visitor_id)
-    names = validate_providers(broker, providers)
+    names = validate_providers(broker, providers, caller.site_id)
     if names is None:
         raise InvalidInput("providers must name at least one provider")
     chosen: dict[str, list[str]] = {}
+    team_providers = providers_of_team(broker, team_of_site(broker, caller.site_id))
     for name, wanted in (scopes or {}).items():
         if name not in names:
             raise InvalidInput(f"scopes names {name[:63]!r}, which is not one of providers")
-        chosen[name] = list(validate_scopes(broker.catalog[name], wanted))
+        chosen[name] = list(validate_scopes(team_providers[name], wanted))
     return_url = validate_return_url(return_url)
     with broker.sessions() as db:
         site = db.get(Site, caller.site_id)
@@ -291,9 +286,17 @@ def _spent(session: ConnectSession, message: str) -> ConnectLinkSpent:
 def open_connect_page(broker: Broker, token: str) -> ConnectPage:
     """What the link shows. Showing it does not spend it (link previews fetch pages too)."""
     session, site = _usable_session(broker, token)
-    offered = tuple(broker.catalog[name] for name in session.providers if name in broker.catalog)
+    known = providers_of_team(broker, site.team_id)
+    offered = tuple(known[name] for name in session.providers if name in known)
+    with broker.sessions() as db:
+        team = db.get(Team, site.team_id)
     return ConnectPage(
-        site.name, session.visitor_id, offered, session.expires_at, session.return_url
+        site.name,
+        session.visitor_id,
+        offered,
+        session.expires_at,
+        session.return_url,
+        team.name if team is not None else "",
     )
 
 
@@ -315,6 +318,7 @@ def start_visitor_connection(broker: Broker, token: str, provider_name: str) -> 
         scopes,
         visitor_id=session.visitor_id,
         connect_session_id=session.id,
+        bind_browser=True,
     )
     with transaction(broker.sessions) as db:
         claimed = db.execute(
@@ -322,7 +326,7 @@ def start_visitor_connection(broker: Broker, token: str, provider_name: str) -> 
             .where(ConnectSession.id == session.id, ConnectSession.used_at.is_(None))
             .values(used_at=broker.clock())
         )
-        if getattr(claimed, "rowcount", 1) != 1:
+        if rows_matched(claimed) != 1:
             db.execute(delete(AuthState).where(AuthState.id == start.state_id))
             spent = True
         else:
@@ -355,48 +359,7 @@ def delete_visitor_of_site(
 def _erase(
     broker: Broker, site_id: str, visitor_id: str, actor: str, ip: str | None
 ) -> VisitorErasure:
-    with broker.sessions() as db:
-        site = db.get(Site, site_id)
-        if site is None:
-            raise NotFound("the site was deleted")
-        team_id = site.team_id
-        rows = list(
-            db.scalars(
-                select(Connection).where(
-                    Connection.site_id == site_id, Connection.visitor_id == visitor_id
-                )
-            )
-        )
-        held = [(row.provider, open_token(broker, row)) for row in rows]
-    revoked = 0
-    for provider_name, token in held:
-        provider = broker.catalog.get(provider_name)
-        if token is None or provider is None:
-            continue
-        try:
-            client = client_for(broker, team_id, provider_name)
-            if protocol.revoke(broker.http, provider, client, token):
-                revoked += 1
-        except ApiAuthServerError as exc:
-            # The erasure goes ahead: a provider that is down keeps nobody from being forgotten.
-            log.warning("could not revoke a visitor's %s token: %s", provider_name, exc.message)
-    now = broker.clock()
-    with transaction(broker.sessions) as db:
-        site = db.get(Site, site_id)
-        if site is None:
-            raise NotFound("the site was deleted")
-        gone = list(
-            db.scalars(
-                select(Connection.provider).where(
-                    Connection.site_id == site_id, Connection.visitor_id == visitor_id
-                )
-            )
-        )
-        db.execute(
-            delete(Connection).where(
-                Connection.site_id == site_id, Connection.visitor_id == visitor_id
-            )
-        )
+    def erase_the_rest(db: Session, site: Site, erased: Erased) -> None:
         db.execute(
             delete(AuthState).where(
                 AuthState.site_id == site_id, AuthState.visitor_id == visitor_id
@@ -414,24 +377,26 @@ def _erase(
                 SiteToken.visitor_id == visitor_id,
                 SiteToken.revoked_at.is_(None),
             )
-            .values(revoked_at=now)
+            .values(revoked_at=broker.clock())
         )
-        for provider_name in gone:
-            deliveries.enqueue(
-                db,
-                site,
-                "connection.deleted",
-                {"provider": provider_name, "visitor_id": visitor_id},
-            )
         detail = {
             "visitor_id": visitor_id,
-            "providers": sorted(gone),
-            "deleted_connections": len(gone),
-            "revoked_at_provider": revoked,
+            "providers": list(erased.providers),
+            "deleted_connections": len(erased.providers),
+            "revoked_at_provider": erased.revoked,
         }
         audit.record(db, site_id, "visitor.deleted", actor, detail, ip=ip)
-    broker.site_tokens.clear()  # the visitor's tokens stop at once here, elsewhere within 1 s
-    return VisitorErasure(visitor_id, len(gone), revoked)
+
+    erased = revoke_and_erase(
+        broker,
+        site_id,
+        Connection.visitor_id == visitor_id,
+        audit_as=None,
+        also=erase_the_rest,
+    )
+    # The visitor's tokens stop at once here, elsewhere when the notice arrives.
+    forget_valid_tokens(broker)
+    return VisitorErasure(visitor_id, len(erased.providers), erased.revoked)
 
 
 # --------------------------------------------------------------------------- overview

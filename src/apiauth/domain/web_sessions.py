@@ -51,8 +51,7 @@ def start_session(broker: Broker, member: MemberView) -> WebSession:
     csrf = secrets.token_urlsafe(32)
     expires_at = now + SESSION_LIFETIME
     with transaction(broker.sessions) as db:
-        # Sign-ins are rare: a good moment to forget the expired ones.
-        db.execute(delete(Session).where(Session.expires_at <= now))
+        # Expired sessions are pruned by housekeeping, in bounded batches.
         db.add(
             Session(
                 id=new_id("sess"),

@@ -1,6 +1,9 @@
 """The provider catalog: built-in OAuth providers as data, plus custom ones from a TOML file."""
 
 from apiauth.providers.catalog import (
+    KEY_MODES,
+    MACHINE_MODES,
+    AuthMode,
     Catalog,
     CatalogError,
     ConnectionParam,
@@ -12,9 +15,14 @@ from apiauth.providers.catalog import (
     TokenAuthMethod,
     emulated_url,
     load_catalog,
+    parse_provider_entry,
 )
+from apiauth.providers.demo_apps import demo_client
 
 __all__ = [
+    "KEY_MODES",
+    "MACHINE_MODES",
+    "AuthMode",
     "Catalog",
     "CatalogError",
     "ConnectionParam",
@@ -24,6 +32,8 @@ __all__ = [
     "RevokeStyle",
     "Scope",
     "TokenAuthMethod",
+    "demo_client",
     "emulated_url",
     "load_catalog",
+    "parse_provider_entry",
 ]

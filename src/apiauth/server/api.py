@@ -6,29 +6,48 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from apiauth.domain import audit, connections, function_tokens, sites, visitors
+from apiauth.domain import (
+    audit,
+    connect_flow,
+    connections,
+    function_tokens,
+    machine_connections,
+    pasted_credentials,
+    sites,
+    team_providers,
+    visitors,
+)
 from apiauth.domain.oauth_apps import list_oauth_apps
+from apiauth.domain.pasted_credentials import credential_fields
+from apiauth.domain.team_catalog import providers_of_team
+from apiauth.providers import KEY_MODES
+from apiauth.providers.search import MAX_QUERY, ProviderQuery
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
-from apiauth.server.rate_limits import client_address, rate_limits
+from apiauth.server.client_address import client_address, client_key
+from apiauth.server.rate_limits import rate_limits
 from apiauth.server.read_path import ReadPath
 from apiauth.server.schemas import (
     AuthorizeOut,
     ConnectionCreate,
     ConnectionOut,
+    CredentialFieldOut,
     DeletedConnectionOut,
     ErrorResponse,
     EventPageOut,
     FunctionTokenCreate,
     FunctionTokenOut,
     ParamOut,
+    ProviderAdd,
     ProviderOut,
     ProviderSecretOut,
+    RemovedProviderOut,
     ScopeOut,
     SiteCreate,
     SiteOut,
     SiteTokenOut,
     SiteUpdate,
     SiteWithSecretOut,
+    TeamProviderOut,
 )
 
 _errors: dict[int | str, dict[str, Any]] = {
@@ -38,18 +57,41 @@ router = APIRouter(prefix="/api/v1", responses=_errors)
 
 
 @router.get("/providers", tags=["providers"])
-def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
-    """The catalog: every provider a site can connect, and whether an OAuth app is set up."""
+def list_providers(
+    broker: BrokerDep,
+    member: MemberDep,
+    q: Annotated[
+        str,
+        Query(
+            max_length=MAX_QUERY,
+            description="Words that must all appear in the name, display name or category.",
+        ),
+    ] = "",
+    category: Annotated[
+        str, Query(max_length=MAX_QUERY, description="Only this category (e.g. `CRM`).")
+    ] = "",
+) -> list[ProviderOut]:
+    """The catalog and the team's providers added by URL: every provider a site can
+    connect, and whether an OAuth app (or a client apiauth registered itself) is set up."""
     configured = {app.provider for app in list_oauth_apps(broker, member)}
+    catalog = providers_of_team(broker, member.team_id)
+    search = ProviderQuery.of(q, category)
     return [
         ProviderOut(
             name=p.name,
             display_name=p.display_name,
+            category=p.category,
+            auth_mode=p.auth_mode,
+            credential_fields=[
+                CredentialFieldOut(name=f.name, label=f.label, secret=f.secret)
+                for f in credential_fields(p)
+            ],
+            credentials_url=p.app_registration_url if p.auth_mode in KEY_MODES else None,
             scopes=[
                 ScopeOut(name=s.name, description=s.description, default=s.default)
                 for s in p.scopes
             ],
-            configured=p.name in configured,
+            configured=p.name in configured or p.auth_mode in KEY_MODES,
             pkce=p.pkce,
             builtin=p.builtin,
             params=[
@@ -60,12 +102,59 @@ def list_providers(broker: BrokerDep, member: MemberDep) -> list[ProviderOut]:
                     pattern=a.pattern,
                     choices=list(a.choices),
                     default=a.default,
+                    format=a.format,
                 )
                 for a in p.params
             ],
+            added_by_url=p.name not in broker.catalog,
         )
-        for p in broker.catalog.values()
+        for p in catalog.values()
+        if search.matches(p)
     ]
+
+
+@router.post("/providers", status_code=status.HTTP_201_CREATED, tags=["providers"])
+def add_provider(body: ProviderAdd, broker: BrokerDep, member: MemberDep) -> TeamProviderOut:
+    """Owners: add a provider from one URL, an OAuth issuer (RFC 8414 / OpenID Connect
+    discovery) or a protected resource such as an MCP server (RFC 9728). apiauth registers
+    itself as a client (Client ID Metadata Document, else RFC 7591) unless `client_id` is
+    given; `message` says what was found and what is left to do. 422 when the URL leads to
+    no usable server or the URL policy refuses it."""
+    added = team_providers.add_provider(
+        broker,
+        member,
+        body.url,
+        name=body.name,
+        scopes=body.scopes,
+        client_id=body.client_id,
+        client_secret=body.client_secret,
+        allow_without_pkce=body.allow_without_pkce,
+    )
+    return TeamProviderOut.of(added.view, added.message)
+
+
+@router.get("/providers/{name}", tags=["providers"])
+def get_team_provider(name: str, broker: BrokerDep, member: MemberDep) -> TeamProviderOut:
+    """A provider of the team's added by URL: where it came from, its client, its last
+    re-check (404 for catalog providers, which `GET /providers` describes)."""
+    return TeamProviderOut.of(team_providers.get_team_provider(broker, member, name))
+
+
+@router.delete("/providers/{name}", tags=["providers"])
+def remove_provider(
+    name: str,
+    broker: BrokerDep,
+    member: MemberDep,
+    keep_registration: Annotated[
+        bool, Query(description="Keep apiauth's client registration at the server.")
+    ] = False,
+) -> RemovedProviderOut:
+    """Owners: remove a provider added by URL, deleting apiauth's registration at the server
+    (RFC 7592). 409 while a site is connected to it."""
+    removed = team_providers.remove_provider(
+        broker, member, name, keep_registration=keep_registration
+    )
+    return RemovedProviderOut(name=removed.name, registration_deleted=removed.registration_deleted)
 
 
 @router.post("/sites", status_code=status.HTTP_201_CREATED, tags=["sites"])
@@ -129,13 +218,38 @@ def list_connections(site: str, broker: BrokerDep, member: MemberDep) -> list[Co
     return [ConnectionOut.of(v) for v in connections.list_connections(broker, member, site)]
 
 
-@router.post("/sites/{site}/connections", tags=["connections"])
+@router.post(
+    "/sites/{site}/connections",
+    tags=["connections"],
+    responses={201: {"model": ConnectionOut, "description": "connected with `credentials`"}},
+)
 def start_connection(
-    request: Request, site: str, body: ConnectionCreate, broker: BrokerDep, member: MemberDep
-) -> AuthorizeOut:
-    """Start the OAuth flow; open `authorize_url` in a browser to consent at the provider."""
-    rate_limits(request).check_oauth_start(member.id, client_address(request))
-    start = connections.start_connection(
+    request: Request,
+    response: Response,
+    site: str,
+    body: ConnectionCreate,
+    broker: BrokerDep,
+    member: MemberDep,
+) -> AuthorizeOut | ConnectionOut:
+    """Start the OAuth flow; open `authorize_url` in a browser to consent at the provider.
+    A client-credentials provider needs no consent: its first token is minted at once (201).
+    A key-based provider (`auth_mode` `api_key`, `basic`) takes `credentials` instead: they
+    are verified at the provider and stored, and the answer is the connection (201); a
+    credential the provider refuses is a 422 naming its answer, and nothing is stored."""
+    rate_limits(request).check_oauth_start(member.id, client_key(request))
+    if body.credentials is not None:
+        view = pasted_credentials.connect_with_credentials(
+            broker, member, site, body.provider, body.credentials, body.params
+        )
+        response.status_code = status.HTTP_201_CREATED
+        return ConnectionOut.of(view)
+    if machine_connections.needs_no_consent(broker, member, body.provider):
+        view = machine_connections.connect_client(
+            broker, member, site, body.provider, body.scopes, body.params
+        )
+        response.status_code = status.HTTP_201_CREATED
+        return ConnectionOut.of(view)
+    start = connect_flow.start_connection(
         broker, member, site, body.provider, body.scopes, params=body.params
     )
     return AuthorizeOut(authorize_url=start.authorize_url, expires_at=start.expires_at)
@@ -192,7 +306,7 @@ async def read_secrets(
     read_path: ReadPath = request.app.state.read_path
     answer = await read_path.answer(caller, whose)
     audit.record_secrets_read(
-        broker, caller, answer.providers, ip=_client_ip(request), visitor_id=whose
+        broker, caller, answer.providers, ip=client_address(request), visitor_id=whose
     )
     return Response(answer.body, media_type="application/json")
 
@@ -208,14 +322,10 @@ def mint_function_token(
         caller,
         body.ttl_seconds,
         body.providers,
-        ip=_client_ip(request),
+        ip=client_address(request),
         visitor_id=body.visitor_id,
     )
     return FunctionTokenOut(token=token, expires_at=expires_at)
-
-
-def _client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
 
 
 @router.get("/sites/{site}/events", tags=["sites"])
@@ -224,7 +334,9 @@ def list_events(
     broker: BrokerDep,
     member: MemberDep,
     limit: Annotated[int, Query(ge=1, le=audit.MAX_PAGE)] = audit.DEFAULT_PAGE,
-    before: Annotated[int | None, Query(ge=1, description="Older events than this id.")] = None,
+    before: Annotated[
+        int | None, Query(ge=1, le=audit.MAX_EVENT_ID, description="Older events than this id.")
+    ] = None,
 ) -> EventPageOut:
     """The site's audit log, newest first: changes, and every read of its secrets (which
     providers, which token id, from which IP; never a token)."""

@@ -14,25 +14,32 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from apiauth.client import __version__
-from apiauth.domain import connections, visitors
+from apiauth import __version__
+from apiauth.domain import connect_flow, visitors
 from apiauth.domain.broker import Broker
-from apiauth.emulator import create_emulator_app
+from apiauth.emulator import create_emulator_app, well_known_app
 from apiauth.errors import ApiAuthServerError, OAuthFlowError, RateLimited
+from apiauth.kms import KmsError
+from apiauth.oauth import registration
 from apiauth.server.api import router
+from apiauth.server.client_address import ClientAddresses
 from apiauth.server.dashboard import install_dashboard
+from apiauth.server.error_body import error_response
 from apiauth.server.fast_path import FastPath
 from apiauth.server.limits import BodySizeLimit
+from apiauth.server.logs import bind
+from apiauth.server.metrics import router as metrics_router
 from apiauth.server.proxy import router as proxy_router
 from apiauth.server.rate_limits import RateLimits
 from apiauth.server.read_path import ReadPath
+from apiauth.server.request_context import REQUEST_ID_HEADER, RequestContext, request_id_of
 from apiauth.server.schemas import ErrorResponse, Health
 from apiauth.server.security_headers import SecurityHeaders, style_hash
 from apiauth.server.visitor_api import router as visitor_router
@@ -40,14 +47,6 @@ from apiauth.server.workers import background_workers
 from apiauth.store.db import schema_is_current
 
 log = logging.getLogger(__name__)
-
-
-def _error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
 
 
 def _wants_html(request: Request) -> bool:
@@ -78,6 +77,16 @@ def _with_query(path: str, **params: str) -> str:
     return path + separator + urlencode(params)
 
 
+async def _bind_log_fields(request: Request) -> None:
+    """The site and provider a routed request is about, for its log lines (`logs.bind`)."""
+    params = request.path_params
+    site = params.get("site")
+    route = request.scope.get("route")
+    if site is None and getattr(route, "path", "").startswith("/sites/{name}"):
+        site = params.get("name")  # the dashboard's site pages
+    bind(site=site, provider=params.get("provider"))
+
+
 def create_app(
     broker: Broker, *, demo: bool = False, workers: bool = True, refresher: bool = True
 ) -> FastAPI:
@@ -86,7 +95,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        running = background_workers(broker, refresher=refresher) if workers else []
+        running = (
+            background_workers(
+                broker, refresher=refresher, replicas_seen=app.state.rate_limits.share_among
+            )
+            if workers
+            else []
+        )
         for worker in running:
             worker.start()
         try:
@@ -94,12 +109,14 @@ def create_app(
         finally:
             for worker in running:
                 worker.stop()
-            proxy_client = getattr(app.state, "proxy_client", None)
-            if proxy_client is not None:
-                await proxy_client.aclose()
+            for name in ("proxy_client", "guarded_proxy_client"):
+                proxy_client = getattr(app.state, name, None)
+                if proxy_client is not None:
+                    await proxy_client.aclose()
 
     app = FastAPI(
         lifespan=lifespan,
+        dependencies=[Depends(_bind_log_fields)],
         title="apiauth",
         version=__version__,
         description="Self-hosted API authentication broker: connect providers once, hand "
@@ -108,9 +125,15 @@ def create_app(
     app.state.broker = broker
     app.state.demo = demo
     app.state.rate_limits = RateLimits(broker.settings)
+    app.state.client_addresses = ClientAddresses(broker.settings.trusted_proxy_networks)
     app.state.read_path = ReadPath(broker)
     # Innermost of ours: the remembered secrets answers and /healthz skip the router.
-    app.add_middleware(FastPath, read_path=app.state.read_path, limits=app.state.rate_limits)
+    app.add_middleware(
+        FastPath,
+        read_path=app.state.read_path,
+        limits=app.state.rate_limits,
+        addresses=app.state.client_addresses,
+    )
     app.add_middleware(BodySizeLimit)
 
     @app.exception_handler(ApiAuthServerError)
@@ -120,7 +143,7 @@ def create_app(
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after)}
-        return _error(exc.status, exc.code, exc.message, headers)
+        return error_response(exc.status, exc.code, exc.message, headers)
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -132,19 +155,21 @@ def create_app(
                 continue
             where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
             problems.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
-        return _error(422, "invalid_input", "; ".join(problems) or "invalid request")
+        return error_response(422, "invalid_input", "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed"}
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail))
+        return error_response(
+            exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail)
+        )
 
     @app.exception_handler(DataError)
     def unstorable_input(request: Request, exc: DataError) -> Response:
         # The database refused a value from the request (PostgreSQL: a NUL character in a
         # string): bad input, not a database that is down.
         log.info("the database refused a value: %s", type(exc.orig).__name__)
-        return _error(
+        return error_response(
             422,
             "invalid_input",
             "the request holds a value that cannot be stored or looked up, such as a NUL character",
@@ -154,17 +179,34 @@ def create_app(
     @app.exception_handler(DBAPIError)
     def database_down(request: Request, exc: Exception) -> Response:
         log.error("database error: %s", type(exc).__name__)
-        return _error(
+        return error_response(
             503,
             "database_unavailable",
             "the database is not answering; try again shortly",
             {"Retry-After": "5"},
         )
 
+    @app.exception_handler(KmsError)
+    def kms_failed(request: Request, exc: KmsError) -> Response:
+        # The message names the KMS and its answer, never key material.
+        log.error("key management service: %s", exc)
+        return error_response(
+            503,
+            "kms_unavailable",
+            "the key management service did not unwrap a key; try again shortly",
+            {"Retry-After": "5"},
+        )
+
     @app.exception_handler(Exception)
     def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error(500, "internal_error", "something went wrong on the server; see its log")
+        request_id = request_id_of(request)
+        # Answered outside `RequestContext` (by Starlette's outermost middleware): the id the
+        # log line carries is added here.
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+        return error_response(
+            500, "internal_error", "something went wrong on the server; see its log", headers
+        )
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Health:
@@ -183,6 +225,16 @@ def create_app(
             return JSONResponse({"status": "database unavailable"}, status_code=503)
         return Health(status="ok")
 
+    @app.get("/oauth/client-metadata.json", tags=["oauth"])
+    def client_metadata_document() -> JSONResponse:
+        """apiauth's Client ID Metadata Document: servers that read them take this URL as
+        apiauth's client id and fetch it to learn the redirect URI (no registration)."""
+        settings = broker.settings
+        document = registration.client_metadata_document(
+            settings.client_metadata_url, settings.redirect_uri, settings.public_url
+        )
+        return JSONResponse(document, headers={"Cache-Control": "public, max-age=3600"})
+
     @app.get(
         "/oauth/callback",
         tags=["oauth"],
@@ -190,6 +242,10 @@ def create_app(
         responses={
             303: {"description": "Back to the dashboard page the flow started from."},
             400: {"model": ErrorResponse, "description": "The OAuth flow failed."},
+            403: {
+                "model": ErrorResponse,
+                "description": "This browser is not the one the flow was bound to.",
+            },
         },
     )
     def oauth_callback(
@@ -198,11 +254,19 @@ def create_app(
         code: str | None = None,
         error: str | None = None,
         error_description: str | None = None,
+        iss: str | None = None,
     ) -> Response:
-        """The one redirect URI registered with every provider."""
+        """The one redirect URI registered with every provider (`iss`: RFC 9207)."""
         try:
-            done = connections.complete_authorization(
-                broker, state=state, code=code, error=error, error_description=error_description
+            done = connect_flow.complete_authorization(
+                broker,
+                state=state,
+                code=code,
+                error=error,
+                error_description=error_description,
+                iss=iss,
+                bindings=request.cookies,
+                callback=dict(request.query_params),
             )
         except ApiAuthServerError as exc:
             if isinstance(exc, OAuthFlowError) and exc.return_url:
@@ -217,7 +281,7 @@ def create_app(
                     f"<h1 class=err>Connection failed</h1><p>{html.escape(exc.message)}</p>",
                     exc.status,
                 )
-            return _error(exc.status, exc.code, exc.message)
+            return error_response(exc.status, exc.code, exc.message)
         view = done.connection
         if done.return_url:
             return RedirectResponse(
@@ -227,7 +291,8 @@ def create_app(
             return RedirectResponse(_with_query(done.return_to, connected=view.provider), 303)
         who = view.account_login or view.account_id or "an account"
         if _wants_html(request):
-            provider = broker.catalog[view.provider].display_name
+            known = broker.catalog.get(view.provider)
+            provider = known.display_name if known is not None else view.provider
             return _page(
                 f"{provider} connected",
                 f"<h1 class=ok>{html.escape(provider)} connected</h1>"
@@ -249,25 +314,28 @@ def create_app(
     app.include_router(router)
     app.include_router(visitor_router)
     app.include_router(proxy_router)
+    app.include_router(metrics_router)
     install_dashboard(app)
     app.add_middleware(
         SecurityHeaders,
         https=broker.settings.public_url.startswith("https://"),
         style_sources=[style_hash(_PAGE_STYLE)],
     )
+    # Outermost of ours: every answer gets its request id and is measured.
+    app.add_middleware(RequestContext, metrics=broker.runtime.metrics)
 
     if demo:
         emulator_base = broker.settings.public_url.rstrip("/") + "/_emulator"
-        app.mount(
-            "/_emulator",
-            create_emulator_app(
-                broker.catalog,
-                base_url=emulator_base,
-                clients={
-                    name: (app_.client_id, app_.client_secret or "")
-                    for name, app_ in broker.default_apps.items()
-                },
-                token_ttl=broker.settings.emulator_token_ttl,
-            ),
+        emulator = create_emulator_app(
+            broker.catalog.emulated(),
+            base_url=emulator_base,
+            clients={
+                name: (app_.client_id, app_.client_secret or "")
+                for name, app_ in broker.default_apps.items()
+            },
+            token_ttl=broker.settings.emulator_token_ttl,
         )
+        app.mount("/_emulator", emulator)
+        # RFC 8414 / RFC 9728 put the emulated servers' metadata under the origin's root.
+        app.mount("/.well-known", well_known_app(emulator.state.standard_servers))
     return app

@@ -12,9 +12,10 @@ from apiauth.domain.members import MemberView, authenticate_personal_token
 from apiauth.domain.sites import SiteCaller
 from apiauth.domain.web_sessions import signed_in
 from apiauth.errors import AuthenticationFailed, PermissionDenied
-from apiauth.server.dashboard.pages import CSRF_HEADER, SESSION_COOKIE
+from apiauth.server.client_address import client_key
 from apiauth.server.rate_limits import rate_limits
 from apiauth.server.read_path import ReadPath
+from apiauth.server.session_cookie import CSRF_HEADER, SESSION_COOKIE
 
 _bearer = HTTPBearer(auto_error=False, description="apiauth_pat_… or apiauth_site_… token")
 
@@ -51,8 +52,14 @@ def current_member(
             "sign in, or send a personal access token (`apiauth tokens create`) as "
             "`Authorization: Bearer apiauth_pat_…`"
         )
-    member = authenticate_personal_token(broker, credentials.credentials)
-    rate_limits(request).check_token(credentials.credentials)
+    limits, address = rate_limits(request), client_key(request)
+    limits.check_address(address)
+    try:
+        member = authenticate_personal_token(broker, credentials.credentials)
+    except AuthenticationFailed:
+        limits.bad_token(address)
+        raise
+    limits.check_token(credentials.credentials)
     return member
 
 
@@ -68,9 +75,15 @@ async def current_site(
     # only a lookup in the database goes to a worker thread.
     token = credentials.credentials
     read_path: ReadPath = request.app.state.read_path
-    caller = await read_path.caller(token)
+    limits, address = rate_limits(request), client_key(request)
+    limits.check_address(address)
+    try:
+        caller = await read_path.caller(token)
+    except AuthenticationFailed:
+        limits.bad_token(address)
+        raise
     # Counted once the token is known good, so that only real tokens take room in memory.
-    rate_limits(request).check_token(token)
+    limits.check_token(token)
     return caller
 
 

@@ -9,9 +9,9 @@ alone: it streams bodies through to the provider (a file upload, say) without ho
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from apiauth.server.error_body import error_body
 
 MAX_BODY_BYTES = 1024 * 1024
 UNLIMITED_PREFIXES = ("/api/v1/proxy/",)
@@ -19,7 +19,7 @@ UNLIMITED_PREFIXES = ("/api/v1/proxy/",)
 
 def _too_large_body(limit: int) -> bytes:
     message = f"the request body is larger than {limit} bytes ({limit // 1024} KiB)"
-    return json.dumps({"error": {"code": "payload_too_large", "message": message}}).encode()
+    return error_body("payload_too_large", message)
 
 
 class BodySizeLimit:

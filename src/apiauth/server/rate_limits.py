@@ -1,9 +1,17 @@
-"""Rate limits, in memory, per process: requests per token, OAuth flows started per member
-and per client address, and (in `dashboard/throttle.py`, on `SlidingWindow`) failed sign-ins.
+"""Rate limits, in memory: requests per token, OAuth flows started per member and per
+client address, requests with a wrong token per client address, and (in
+`dashboard/throttle.py`, on `SlidingWindow`) failed sign-ins. Client addresses are those of
+`client_address.py`.
 
 In memory on purpose: a limit only has to keep one caller from starving the others or
-guessing fast, and needs no shared state between replicas — each replica limits on its own,
-so N replicas behind a load balancer allow up to N times the configured rate in all.
+guessing fast, and a shared counter would cost every read a write. The per-token limit holds
+for the deployment all the same: each server process enforces its share of it, the
+configured rate (and burst) divided by the server processes it sees alive - every
+`serve --workers` process and every replica writes a heartbeat (`replicas.serving_replicas`,
+counted after each beat). A caller spread over the processes (a load balancer, the kernel
+handing connections to the workers) gets the configured rate in all; one whose requests all
+reach a single process gets that process's share. A process that starts or stops is counted
+by the others within a heartbeat (30 s). The other limits are per process.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from apiauth.errors import RateLimited
 # Keys beyond this are forgotten oldest-idle first: a flood of new keys costs memory once.
 MAX_KEYS = 10_000
 OAUTH_START_WINDOW_SECONDS = 60.0
+BAD_TOKEN_WINDOW_SECONDS = 60.0
 
 
 class TokenBucket:
@@ -80,6 +89,21 @@ class SlidingWindow:
                 return None
             return max(1, int(events[0] + self.window - now) + 1)
 
+    def take(self, key: Hashable) -> int | None:
+        """Check and record one event at once (under one lock): None when it was allowed
+        and is counted, else whole seconds until one is. Parallel callers cannot all pass
+        the check before any of them records."""
+        now = self.clock()
+        with self._lock:
+            events = self._recent(key, now)
+            if len(events) >= self.limit:
+                return max(1, int(events[0] + self.window - now) + 1)
+            if len(self._events) >= MAX_KEYS and key not in self._events:
+                self._forget_old(now)
+            events.append(now)
+            self._events[key] = events
+            return None
+
     def record(self, key: Hashable) -> None:
         now = self.clock()
         with self._lock:
@@ -102,6 +126,8 @@ class RateLimits:
     """The server's request limits, built from the settings; a limit of 0 is no limit."""
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._per_token_rate = settings.rate_limit_per_token
+        self._per_token_burst = settings.rate_limit_burst
         self.per_token = (
             TokenBucket(settings.rate_limit_per_token, settings.rate_limit_burst, clock)
             if settings.rate_limit_per_token > 0
@@ -111,6 +137,38 @@ class RateLimits:
         self.oauth_starts = (
             SlidingWindow(starts, OAUTH_START_WINDOW_SECONDS, clock) if starts > 0 else None
         )
+        bad = settings.rate_limit_bad_tokens
+        self.bad_tokens = SlidingWindow(bad, BAD_TOKEN_WINDOW_SECONDS, clock) if bad > 0 else None
+
+    def check_address(self, address: str) -> None:
+        """Before a token is looked up: an address that sent too many wrong tokens waits."""
+        if self.bad_tokens is None:
+            return
+        wait = self.bad_tokens.retry_after(address)
+        if wait is not None:
+            raise RateLimited(
+                f"too many requests with a wrong token from this address (at most "
+                f"{self.bad_tokens.limit} a minute); try again in {wait} s",
+                retry_after=wait,
+            )
+
+    def address_limited(self, address: str) -> bool:
+        """`check_address` without raising: True when `address` must wait."""
+        return self.bad_tokens is not None and self.bad_tokens.retry_after(address) is not None
+
+    def bad_token(self, address: str) -> None:
+        """A request from `address` carried a token that was refused."""
+        if self.bad_tokens is not None:
+            self.bad_tokens.record(address)
+
+    def share_among(self, processes: int) -> None:
+        """Enforce this process's share of the per-token limit when `processes` server
+        processes are live (see the module's docstring)."""
+        if self.per_token is None:
+            return
+        processes = max(1, processes)
+        self.per_token.rate = self._per_token_rate / processes
+        self.per_token.burst = max(1.0, self._per_token_burst / processes)
 
     def check_token(self, token: str) -> None:
         """One request made with `token` (keyed by its hash: the token itself is not kept)."""
@@ -149,7 +207,3 @@ class RateLimits:
 def rate_limits(request: Request) -> RateLimits:
     limits: RateLimits = request.app.state.rate_limits
     return limits
-
-
-def client_address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"

@@ -11,6 +11,7 @@ from apiauth.domain.audit import EventPage, EventView
 from apiauth.domain.connections import ConnectionView
 from apiauth.domain.function_tokens import DEFAULT_TTL_SECONDS, MAX_PROVIDERS, MAX_TTL_SECONDS
 from apiauth.domain.sites import SITE_NAME_PATTERN, SiteView
+from apiauth.domain.team_providers import TeamProviderView
 from apiauth.domain.visitors import VisitorOverview
 
 
@@ -109,11 +110,36 @@ class ParamOut(BaseModel):
     pattern: str | None
     choices: list[str]
     default: str | None
+    format: str = Field(
+        default="url_safe",
+        description="`url_safe` (a value filled into the provider's URLs) or `email` (an "
+        "address, such as a service account's delegated user).",
+    )
+
+
+class CredentialFieldOut(BaseModel):
+    name: str
+    label: str
+    secret: bool
 
 
 class ProviderOut(BaseModel):
     name: str
     display_name: str
+    category: str = Field(
+        default="Other", description="The catalog's grouping (`CRM`, `Developer tools`, …)."
+    )
+    auth_mode: str = Field(
+        default="oauth2",
+        description="How a connection is made: `oauth2`, `api_key`, `basic`, … (SPEC §7).",
+    )
+    credential_fields: list[CredentialFieldOut] = Field(
+        default_factory=list,
+        description="What a key-based connection's `credentials` hold, labelled.",
+    )
+    credentials_url: str | None = Field(
+        default=None, description="Where the provider issues keys (key-based modes)."
+    )
     scopes: list[ScopeOut]
     configured: bool
     pkce: bool
@@ -121,6 +147,9 @@ class ProviderOut(BaseModel):
     params: list[ParamOut] = Field(
         default_factory=list,
         description="Connection parameters the provider needs (`params` of a new connection).",
+    )
+    added_by_url: bool = Field(
+        default=False, description="A provider of the team's, added by URL (`POST /providers`)."
     )
 
 
@@ -132,6 +161,16 @@ class ConnectionCreate(Strict):
         max_length=10,
         description="The provider's connection parameters, such as Shopify's `shop`.",
         examples=[{"shop": "acme"}],
+    )
+    credentials: dict[str, str] | None = Field(
+        default=None,
+        max_length=4,
+        description=(
+            'For a provider whose `auth_mode` is `api_key` (`{"api_key": …}`) or `basic` '
+            '(`{"username": …, "password": …}`): verified at the provider, then stored; '
+            "the answer is the connection (201) instead of an `authorize_url`."
+        ),
+        examples=[{"api_key": "sk-…"}],
     )
 
 
@@ -147,6 +186,7 @@ class AccountOut(BaseModel):
 
 class ConnectionOut(BaseModel):
     provider: str
+    auth_mode: str = "oauth2"
     status: str
     requested_scopes: list[str]
     granted_scopes: list[str]
@@ -154,11 +194,22 @@ class ConnectionOut(BaseModel):
     expires_at: datetime | None
     last_refreshed_at: datetime | None
     last_error: str | None
+    degraded_since: datetime | None = Field(
+        description="The first failed refresh of the current degradation (refreshes failing "
+        "in a row, the token still served while valid), or null."
+    )
+
+    refresh_expires_at: datetime | None = Field(
+        description="When the refresh token dies, refreshed or not (the provider's "
+        "`refresh_token_expires_in`, a JWT refresh token's `exp`, or the catalog's "
+        "`refresh_token_lifetime`): re-authorize before. Null: no known limit."
+    )
 
     @classmethod
     def of(cls, view: ConnectionView) -> ConnectionOut:
         return cls(
             provider=view.provider,
+            auth_mode=view.auth_mode,
             status=view.status,
             requested_scopes=list(view.requested_scopes),
             granted_scopes=list(view.granted_scopes),
@@ -166,6 +217,8 @@ class ConnectionOut(BaseModel):
             expires_at=view.expires_at,
             last_refreshed_at=view.last_refreshed_at,
             last_error=view.last_error,
+            degraded_since=view.degraded_since,
+            refresh_expires_at=view.refresh_expires_at,
         )
 
 
@@ -177,7 +230,11 @@ class DeletedConnectionOut(BaseModel):
 
 class ProviderSecretOut(BaseModel):
     provider: str
+    auth_mode: str = "oauth2"
     bearer_token: str | None
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
     token_type: str
     granted_scopes: list[str]
     is_logged_in: bool
@@ -300,3 +357,91 @@ class VisitorOverviewOut(BaseModel):
             ],
             more=overview.more,
         )
+
+
+class ProviderAdd(Strict):
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="An OAuth issuer, or a protected resource such as an MCP server.",
+        examples=["https://auth.example.com", "https://mcp.example.com/mcp"],
+    )
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_-]{0,62}$",
+        description="The provider's name (default: from the URL's host).",
+    )
+    scopes: list[str] | None = Field(
+        default=None,
+        max_length=100,
+        description="Scopes ticked by default when connecting (default: the server's "
+        "suggestions: what a resource asks for, `openid`, `offline_access`).",
+    )
+    client_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="A client registered by hand at the server; it wins over registering one.",
+    )
+    client_secret: str | None = Field(default=None, min_length=1, max_length=500)
+    allow_without_pkce: bool = Field(
+        default=False,
+        description="Accept a server that does not list PKCE S256 (apiauth still sends it).",
+    )
+
+
+class ProviderClientOut(BaseModel):
+    kind: str = Field(
+        description="`registered` (RFC 7591), `metadata_document` (Client ID Metadata "
+        "Document), or `none` (register one by hand)"
+    )
+    client_id: str | None
+    own_app: bool = Field(description="The team set an OAuth app of its own, which wins.")
+
+
+class TeamProviderOut(BaseModel):
+    name: str
+    display_name: str
+    source_url: str
+    issuer: str
+    resource: str | None
+    client: ProviderClientOut
+    scopes: list[ScopeOut]
+    redirect_uri: str
+    needs_client: bool
+    checked_at: datetime
+    check_error: str | None = Field(description="The last re-check could not fetch the metadata.")
+    refused_change: str | None = Field(
+        description="A metadata change the last re-check refused because it weakens security."
+    )
+    message: str | None = None
+
+    @classmethod
+    def of(cls, view: TeamProviderView, message: str | None = None) -> Self:
+        return cls(
+            name=view.name,
+            display_name=view.display_name,
+            source_url=view.source_url,
+            issuer=view.issuer,
+            resource=view.resource,
+            client=ProviderClientOut(
+                kind=view.client_kind, client_id=view.client_id, own_app=view.has_own_app
+            ),
+            scopes=[
+                ScopeOut(name=s.name, description=s.description, default=s.default)
+                for s in view.scopes
+            ],
+            redirect_uri=view.redirect_uri,
+            needs_client=view.needs_client,
+            checked_at=view.checked_at,
+            check_error=view.check_error,
+            refused_change=view.refused_change,
+            message=message,
+        )
+
+
+class RemovedProviderOut(BaseModel):
+    name: str
+    registration_deleted: bool = Field(
+        description="apiauth's dynamic client registration was deleted at the server (RFC 7592)."
+    )

@@ -8,8 +8,8 @@ which form-action does not restrict in browsers that follow CSP Level 3.
 Two kinds of page get a looser policy:
 - `/docs` and `/redoc` (FastAPI's Swagger UI and ReDoc) load their code from a CDN and start
   it with an inline script; they show only the public OpenAPI description, no user data.
-- `/_emulator/…` (demo mode only) stands in for third-party providers' sites: no CSP of ours,
-  as a real provider's consent page would not carry it either.
+- `/_emulator/…` (demo mode only) stands in for third-party providers' sites, on the
+  dashboard's origin: sandboxed (`EMULATOR_POLICY`), so nothing it serves runs script there.
 
 A pure ASGI middleware (not Starlette's `BaseHTTPMiddleware`), so that streamed responses
 stay streamed.
@@ -54,6 +54,15 @@ DOCS_POLICY = (
 )
 
 
+# The emulator's pages stand in for a provider's, on the dashboard's origin in demo mode:
+# sandboxed (an opaque origin, no script), so that HTML it is told to serve (a fault's raw
+# body) can neither run nor reach the dashboard. Its consent forms still post.
+EMULATOR_POLICY = (
+    "sandbox allow-forms; default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp, *, https: bool, style_sources: Iterable[str] = ()) -> None:
         self.app = app
@@ -62,7 +71,7 @@ class SecurityHeaders:
 
     def _policy_for(self, path: str) -> str | None:
         if path == EMULATOR_PATH or path.startswith(EMULATOR_PATH + "/"):
-            return None
+            return EMULATOR_POLICY
         if path in DOCS_PATHS or path.startswith("/docs/"):
             return DOCS_POLICY
         return self.policy

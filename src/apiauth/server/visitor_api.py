@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Query, Request, status
 
 from apiauth.domain import visitors
 from apiauth.server.auth import BrokerDep, MemberDep, SiteDep
+from apiauth.server.client_address import client_address
 from apiauth.server.schemas import (
     ConnectSessionCreate,
     ConnectSessionOut,
@@ -25,10 +26,6 @@ router = APIRouter(prefix="/api/v1", responses=_errors, tags=["visitors"])
 VisitorId = Annotated[str, Path(min_length=1, max_length=visitors.MAX_VISITOR_ID)]
 
 
-def _client_ip(request: Request) -> str | None:
-    return request.client.host if request.client else None
-
-
 @router.post("/connect-sessions", status_code=status.HTTP_201_CREATED)
 def create_connect_session(
     request: Request, body: ConnectSessionCreate, broker: BrokerDep, caller: SiteDep
@@ -43,7 +40,7 @@ def create_connect_session(
         body.providers,
         body.return_url,
         body.scopes,
-        ip=_client_ip(request),
+        ip=client_address(request),
     )
     return ConnectSessionOut(url=link.url, expires_at=link.expires_at)
 
@@ -54,7 +51,7 @@ def delete_visitor(
 ) -> VisitorDeletedOut:
     """With a site token: revoke the visitor's tokens at each provider that can, and erase
     their connections, flows in progress, connect links and bound function tokens."""
-    erased = visitors.delete_visitor(broker, caller, visitor_id, ip=_client_ip(request))
+    erased = visitors.delete_visitor(broker, caller, visitor_id, ip=client_address(request))
     return VisitorDeletedOut(
         visitor_id=erased.visitor_id,
         deleted_connections=erased.deleted_connections,

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from apiauth.domain import members, setup, web_sessions
-from apiauth.domain.connections import is_local_path
+from apiauth.domain.connect_flow import is_local_path
 from apiauth.errors import ApiAuthServerError, AuthenticationFailed
+from apiauth.server.client_address import client_key
 from apiauth.server.dashboard.pages import (
-    SESSION_COOKIE,
     CsrfRejected,
     DashboardRoute,
     Flash,
@@ -26,6 +26,7 @@ from apiauth.server.dashboard.pages import (
     set_session_cookie,
 )
 from apiauth.server.dashboard.throttle import LoginThrottle
+from apiauth.server.session_cookie import SESSION_COOKIE
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
@@ -42,7 +43,7 @@ def _throttle(request: Request) -> LoginThrottle:
 
 
 def _address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+    return client_key(request)
 
 
 @router.get("/sign-in")
@@ -81,7 +82,7 @@ def sign_in(
             no_members=False,
         )
 
-    wait = throttle.retry_after(address, email)
+    wait = throttle.attempt(address, email)
     if wait is not None:
         response = again(
             429,
@@ -93,8 +94,7 @@ def sign_in(
     try:
         member = members.verify_password(broker, email, password)
     except AuthenticationFailed:
-        throttle.failed(address, email)
-        return again(401, "Wrong email or password.")
+        return again(401, "Wrong email or password.")  # counted by `attempt` already
     throttle.succeeded(address, email)
     session = web_sessions.start_session(broker, member)
     response = redirect(_next_or_home(next))

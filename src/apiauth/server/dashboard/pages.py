@@ -24,20 +24,18 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from apiauth.domain import web_sessions
 from apiauth.domain.broker import Broker
-from apiauth.domain.connections import is_local_path
+from apiauth.domain.connect_flow import AuthorizationStart, binding_cookie_name, is_local_path
 from apiauth.domain.web_sessions import SignedIn, WebSession
 from apiauth.errors import ApiAuthServerError, RateLimited
+from apiauth.server.session_cookie import SESSION_COOKIE
 
 log = logging.getLogger(__name__)
 
-SESSION_COOKIE = "apiauth_session"
 FLASH_COOKIE = "apiauth_flash"
 # Before sign-in there is no session to hold a CSRF token: the sign-in and setup forms use a
 # double-submit cookie instead.
 FORM_COOKIE = "apiauth_form"
 CSRF_FIELD = "csrf_token"
-# The REST API accepts a dashboard session too; its changes carry the CSRF token here.
-CSRF_HEADER = "X-CSRF-Token"
 MAX_FLASH_LENGTH = 300
 
 _templates = Environment(
@@ -121,6 +119,22 @@ def set_session_cookie(request: Request, response: Response, session: WebSession
         session.token,
         max_age=int((session.expires_at - broker_of(request).clock()).total_seconds()),
         path="/",
+        httponly=True,
+        secure=secure_cookies(request),
+        samesite="lax",
+    )
+
+
+def set_binding_cookie(request: Request, response: Response, start: AuthorizationStart) -> None:
+    """Bind an OAuth flow to this browser (`connect_flow`): only the callback reads it, and
+    Lax lets the provider's top-level redirect back carry it."""
+    if start.binding is None:
+        return
+    response.set_cookie(
+        binding_cookie_name(start.state_id),
+        start.binding,
+        max_age=max(1, int((start.expires_at - broker_of(request).clock()).total_seconds())),
+        path="/oauth/callback",
         httponly=True,
         secure=secure_cookies(request),
         samesite="lax",

@@ -6,17 +6,27 @@ from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 
-from apiauth.domain import audit, connections, sites
+from apiauth.domain import (
+    audit,
+    connect_flow,
+    connections,
+    machine_connections,
+    pasted_credentials,
+    sites,
+)
 from apiauth.domain.connections import ConnectionView
 from apiauth.domain.oauth_apps import list_oauth_apps
+from apiauth.domain.pasted_credentials import CredentialField, credential_fields
 from apiauth.domain.sites import ENV_VAR, SiteView
+from apiauth.domain.team_catalog import providers_of_team
 from apiauth.domain.token_format import TokenKind
 from apiauth.domain.web_sessions import SignedIn
 from apiauth.errors import ApiAuthServerError
-from apiauth.providers import Provider
+from apiauth.providers import KEY_MODES, Provider
+from apiauth.server.client_address import client_key
 from apiauth.server.dashboard.pages import (
     DashboardRoute,
     Flash,
@@ -25,8 +35,14 @@ from apiauth.server.dashboard.pages import (
     broker_of,
     redirect,
     render,
+    set_binding_cookie,
 )
-from apiauth.server.rate_limits import client_address, rate_limits
+from apiauth.server.dashboard.provider_search import (
+    ProviderSearch,
+    group_by_category,
+    search_text,
+)
+from apiauth.server.rate_limits import rate_limits
 
 router = APIRouter(route_class=DashboardRoute, include_in_schema=False)
 
@@ -46,6 +62,8 @@ class ProviderRow:
     connection: ConnectionView | None
     ticked: frozenset[str]
     hue: int
+    #: A key-based provider's inputs (`pasted_credentials.credential_fields`); () for OAuth.
+    credentials: tuple[CredentialField, ...] = ()
 
     @property
     def not_granted(self) -> tuple[str, ...]:
@@ -146,12 +164,13 @@ def _api_auth_page(
     broker = broker_of(request)
     site = sites.get_site(broker, who.member, name)
     rows: list[ProviderRow] = []
+    search = ProviderSearch.from_request(request)
     if site.api_auth_enabled:
         by_provider = {
             c.provider: c for c in connections.list_connections(broker, who.member, name)
         }
         configured = {app.provider for app in list_oauth_apps(broker, who.member)}
-        for provider in broker.catalog.values():
+        for provider in providers_of_team(broker, who.member.team_id).values():
             connection = by_provider.get(provider.name)
             ticked = (
                 frozenset(connection.requested_scopes)
@@ -161,19 +180,30 @@ def _api_auth_page(
             rows.append(
                 ProviderRow(
                     provider,
-                    provider.name in configured,
+                    provider.name in configured or provider.auth_mode in KEY_MODES,
                     connection,
                     ticked,
                     logo_hue(provider.name),
+                    credential_fields(provider),
                 )
             )
+    # Connected providers first, always; the others by category, filtered by the search.
+    connected = [row for row in rows if row.connection is not None]
+    available = [row for row in rows if row.connection is None]
     return render(
         request,
         "api_auth.html",
         who,
         site=site,
         section="api-auth",
-        rows=rows,
+        connected=connected,
+        groups=group_by_category(
+            (row for row in available if search.matches(row.provider)), lambda r: r.provider
+        ),
+        available_count=len(available),
+        categories=sorted({row.provider.category for row in available}, key=str.lower),
+        search=search,
+        search_text=search_text,
         env_var=ENV_VAR,
         masked_token=MASKED_TOKEN,
         revealed_token=revealed_token,
@@ -218,12 +248,30 @@ def connect(
     scope: Annotated[list[str] | None, Form()] = None,
     param_name: Annotated[list[str] | None, Form()] = None,
     param_value: Annotated[list[str] | None, Form()] = None,
+    credential_name: Annotated[list[str] | None, Form()] = None,
+    credential_value: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
     # The form lists each declared parameter's name (hidden) beside its input, in order.
     params = {k: v for k, v in zip(param_name or [], param_value or [], strict=False) if v}
-    rate_limits(request).check_oauth_start(who.member.id, client_address(request))
+    rate_limits(request).check_oauth_start(who.member.id, client_key(request))
+    if credential_name:
+        # A key-based provider's form: verified at the provider, stored, back to the page.
+        given = dict(zip(credential_name, credential_value or [], strict=False))
+        try:
+            view = pasted_credentials.connect_with_credentials(
+                broker_of(request), who.member, name, provider, given, params
+            )
+        except ApiAuthServerError as exc:
+            return redirect(_api_auth_path(name), Flash("error", exc.message))
+        who_name = view.account_login or view.account_id or "the account"
+        return redirect(_api_auth_path(name), Flash("ok", f"{provider} connected ({who_name})."))
     try:
-        started = connections.start_connection(
+        if machine_connections.needs_no_consent(broker_of(request), who.member, provider):
+            machine_connections.connect_client(
+                broker_of(request), who.member, name, provider, scope or None, params
+            )
+            return redirect(_api_auth_path(name), Flash("ok", f"{provider} connected."))
+        started = connect_flow.start_connection(
             broker_of(request),
             who.member,
             name,
@@ -231,12 +279,15 @@ def connect(
             scope or [],
             return_to=_api_auth_path(name),
             params=params,
+            bind_browser=True,
         )
     except ApiAuthServerError as exc:
         if exc.status == 404 and provider in broker_of(request).catalog:
             raise
         return redirect(_api_auth_path(name), Flash("error", exc.message))
-    return redirect(started.authorize_url)
+    response = redirect(started.authorize_url)
+    set_binding_cookie(request, response, started)
+    return response
 
 
 @router.post("/sites/{name}/connections/{provider}/delete")
@@ -254,7 +305,10 @@ def disconnect(request: Request, who: FormDep, name: str, provider: str) -> Resp
 
 @router.get("/sites/{name}/events")
 def site_events(
-    request: Request, who: SignedInDep, name: str, before: int | None = None
+    request: Request,
+    who: SignedInDep,
+    name: str,
+    before: Annotated[int | None, Query(ge=1, le=audit.MAX_EVENT_ID)] = None,
 ) -> Response:
     broker = broker_of(request)
     site: SiteView = sites.get_site(broker, who.member, name)

@@ -48,4 +48,41 @@
     var ticked = details.querySelectorAll("input[type=checkbox]:checked");
     count.textContent = "· " + ticked.length + " of " + boxes.length + " selected";
   });
+
+  // Filter a provider list as the person types (the same rows `?q=` and `?category=` give
+  // without JavaScript): every word must be in a row's name, catalog name or category.
+  function filterProviders(targetId) {
+    var target = document.getElementById(targetId);
+    if (!target) return;
+    var input = document.querySelector("input[data-filter='" + targetId + "']");
+    var select = document.querySelector("select[data-filter-category='" + targetId + "']");
+    var words = (input ? input.value : "").toLowerCase().split(/\s+/).filter(Boolean);
+    var category = select ? select.value : "";
+    var shown = 0;
+    target.querySelectorAll(".provider-group").forEach(function (group) {
+      var inGroup = 0;
+      group.querySelectorAll("li.provider").forEach(function (row) {
+        var text = row.getAttribute("data-search") || "";
+        var ok = (!category || row.getAttribute("data-category") === category) &&
+          words.every(function (word) { return text.indexOf(word) !== -1; });
+        row.hidden = !ok;
+        if (ok) inGroup += 1;
+      });
+      group.hidden = inGroup === 0;
+      var count = group.querySelector(".group-title .muted");
+      if (count) count.textContent = String(inGroup);
+      shown += inGroup;
+    });
+    var none = target.querySelector(".no-match");
+    if (none) none.hidden = shown !== 0;
+  }
+
+  document.addEventListener("input", function (event) {
+    var id = event.target.getAttribute && event.target.getAttribute("data-filter");
+    if (id) filterProviders(id);
+  });
+  document.addEventListener("change", function (event) {
+    var id = event.target.getAttribute && event.target.getAttribute("data-filter-category");
+    if (id) filterProviders(id);
+  });
 })();

@@ -26,12 +26,17 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn, TypeVar, cast
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-__version__ = "0.1.0"
+try:
+    # The one place the version is read: the package's metadata, written from pyproject.toml.
+    __version__ = version("apiauth")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 """Broker URL used when neither `url=` nor `APIAUTH_URL` is given (`apiauth serve`'s default)."""
@@ -120,11 +125,20 @@ class ProviderSecret:
     expires_at: datetime | None
     account: Account | None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: How the credential was made: "oauth2", "api_key", "basic", ... Bearer-like tokens are
+    #: in `bearer_token`, an API key in `api_key`, basic credentials in `username` and
+    #: `password`.
+    auth_mode: str = "oauth2"
+    api_key: str | None = None
+    username: str | None = None
+    password: str | None = None
 
     def __repr__(self) -> str:
         # Neither the token nor `extra`'s values (which may hold provider data) are shown.
         return (
-            f"ProviderSecret(provider={self.provider!r}, bearer_token={_mask(self.bearer_token)!r}"
+            f"ProviderSecret(provider={self.provider!r}, auth_mode={self.auth_mode!r}"
+            f", bearer_token={_mask(self.bearer_token)!r}, api_key={_mask(self.api_key)!r}"
+            f", password={'***' if self.password else None!r}"
             f", token_type={self.token_type!r}, granted_scopes={self.granted_scopes!r}"
             f", is_logged_in={self.is_logged_in!r}, expires_at={self.expires_at!r}"
             f", account={self.account!r}, extra_keys={sorted(self.extra)!r})"
@@ -256,15 +270,23 @@ def _parse_provider(name: str, data: Mapping[str, Any]) -> ProviderSecret:
         )
     extra = data.get("extra")
     token = _opt_str(data.get("bearer_token"), f"{what}.bearer_token")
+    api_key = _opt_str(data.get("api_key"), f"{what}.api_key")
+    password = _opt_str(data.get("password"), f"{what}.password")
     return ProviderSecret(
         provider=_opt_str(data.get("provider"), f"{what}.provider") or name,
         bearer_token=token,
         token_type=_opt_str(data.get("token_type"), f"{what}.token_type") or "bearer",
         granted_scopes=tuple(cast("list[str] | tuple[str, ...]", scopes)),
-        is_logged_in=bool(data.get("is_logged_in", token is not None)),
+        is_logged_in=bool(
+            data.get("is_logged_in", token is not None or api_key is not None or password)
+        ),
         expires_at=_parse_expires_at(data.get("expires_at"), what),
         account=account,
         extra=dict(extra) if isinstance(extra, Mapping) else {},
+        auth_mode=_opt_str(data.get("auth_mode"), f"{what}.auth_mode") or "oauth2",
+        api_key=api_key,
+        username=_opt_str(data.get("username"), f"{what}.username"),
+        password=password,
     )
 
 
@@ -626,11 +648,75 @@ def proxy(
     headers = _headers(target)
     if visitor_id is not None:
         headers[VISITOR_HEADER] = visitor_id
+    base = f"{target.url}/api/v1/proxy/{provider}/"
     return httpx.Client(
-        base_url=f"{target.url}/api/v1/proxy/{provider}/",
+        base_url=base,
         headers=headers,
         timeout=timeout,
+        transport=_ThroughBroker(base, provider),
     )
+
+
+UPSTREAM_HEADER = "Apiauth-Upstream"
+
+
+class _ThroughBroker(httpx.BaseTransport):
+    """The transport of `proxy()`: the client's headers carry `APIAUTH_TOKEN`, so a request
+    leaves only for the broker. An absolute URL on the provider's API (a pagination `Link`,
+    a `next` URL in a body) is sent as the same path through the proxy - the broker names
+    that API in the `Apiauth-Upstream` header of its proxied answers - and a URL on any
+    other host is refused before anything is sent."""
+
+    def __init__(self, proxy_base: str, provider: str) -> None:
+        self._proxy_base = proxy_base
+        self._broker_origin = _origin(httpx.URL(proxy_base))
+        self._provider = provider
+        self._upstream: str | None = None
+        self._http = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # (In demo mode the emulated API is on the broker's origin: mapped all the same.)
+        if self._on_upstream(str(request.url)) or _origin(request.url) != self._broker_origin:
+            request = self._through_proxy(request)
+        response = self._http.handle_request(request)
+        upstream = response.headers.get(UPSTREAM_HEADER)
+        if upstream and upstream.startswith(("https://", "http://")):
+            self._upstream = upstream.rstrip("/")
+        return response
+
+    def _on_upstream(self, url: str) -> bool:
+        upstream = self._upstream
+        return upstream is not None and (
+            url == upstream or url.startswith((upstream + "/", upstream + "?"))
+        )
+
+    def _through_proxy(self, request: httpx.Request) -> httpx.Request:
+        url = str(request.url)
+        upstream = self._upstream
+        if upstream is None or not self._on_upstream(url):
+            raise InvalidRequest(
+                f"apiauth.proxy({self._provider!r}) sends requests only through the broker, "
+                f"with the site's token: {request.url.scheme}://{request.url.host} is not "
+                f"{self._provider}'s API as the broker knows it, so nothing was sent. Pass a "
+                "path such as '/user' instead of a URL.",
+            )
+        mapped = httpx.URL(self._proxy_base.rstrip("/") + url[len(upstream) :])
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() != "host"]
+        headers.insert(0, ("Host", mapped.netloc.decode("ascii")))
+        return httpx.Request(
+            request.method,
+            mapped,
+            headers=headers,
+            stream=request.stream,
+            extensions=request.extensions,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
 
 
 def _refusal(target: _Target, response: httpx.Response, what: str) -> None:

@@ -46,6 +46,14 @@ class UrlNotAllowed(InvalidInput):
     code = "url_not_allowed"
 
 
+class DiscoveryFailed(InvalidInput):
+    """A URL given to find an OAuth server led to no usable description of one (no metadata,
+    metadata that breaks its RFC, a server apiauth cannot work with safely), or a dynamic
+    client registration failed. The message says what was tried and what to do."""
+
+    code = "discovery_failed"
+
+
 class RateLimited(ApiAuthServerError):
     """Too many requests from one token, member or address; `retry_after` in seconds."""
 

@@ -28,9 +28,13 @@ another. Any truncation, flipped bit or wrong AAD raises `DecryptionError`; the 
 is a blob whose key id names no key in the ring - a damaged id looks exactly like a key that
 was dropped from the configuration - which raises `UnknownKeyError` (both are `VaultError`).
 
-Master keys come from `APIAUTH_MASTER_KEY` (base64url keys, comma-separated, newest first)
-or, when that is unset, from the key file in the data dir (one key per line, newest first),
-created with mode 0600 on first start. The first key seals; all keys open.
+Master keys (the key-encryption keys, KEKs) come from a `KeySource`, the one seam between
+the vault and where keys live. The local sources: `APIAUTH_MASTER_KEY` (base64url keys,
+comma-separated, newest first) as a `KeyRing`, or, when that is unset, the key file in the
+data dir (one key per line, newest first, created with mode 0600 on first start) followed by
+`FollowedKeyFile`. The first key seals; all keys open. `apiauth.kms` adds KEKs that only a
+key management service can unwrap (AWS KMS), so that the database and the data dir together
+are not enough to open a record; the blob format is the same for every source.
 """
 
 from __future__ import annotations
@@ -47,21 +51,24 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "DecryptionError",
+    "FollowedKeyFile",
     "KeyConfigError",
     "KeyFile",
     "KeyRing",
+    "KeySource",
     "MasterKey",
     "UnknownKeyError",
     "Vault",
     "VaultError",
     "load_keyring",
+    "local_keys",
     "record_aad",
 ]
 
@@ -141,7 +148,13 @@ class MasterKey:
 
     @classmethod
     def generate(cls) -> MasterKey:
-        secret = secrets.token_bytes(KEY_BYTES)
+        return cls.from_secret(secrets.token_bytes(KEY_BYTES))
+
+    @classmethod
+    def from_secret(cls, secret: bytes) -> MasterKey:
+        """A key from its 32 bytes (a KMS's data key, say), its id derived from them."""
+        if len(secret) != KEY_BYTES:
+            raise KeyConfigError(f"a master key must be {KEY_BYTES} bytes, got {len(secret)} bytes")
         return cls(id=_key_id_for(secret), secret=secret)
 
     @classmethod
@@ -167,6 +180,18 @@ class MasterKey:
 
     def to_text(self) -> str:
         return base64.urlsafe_b64encode(self.secret).rstrip(b"=").decode("ascii")
+
+
+class KeySource(Protocol):
+    """Where the vault's key-encryption keys come from: `active` seals, `get` finds the one
+    a blob names (raising `UnknownKeyError` for an id it does not have). Implementations:
+    `KeyRing` (fixed), `FollowedKeyFile` (the key file, followed), `apiauth.kms.VaultKeys`
+    (KMS-wrapped keys beside a local source)."""
+
+    @property
+    def active(self) -> MasterKey: ...
+
+    def get(self, key_id: str) -> MasterKey: ...
 
 
 class KeyRing:
@@ -336,12 +361,52 @@ def load_keyring(master_key_setting: str | None, key_file: Path) -> KeyRing:
     return KeyFile(key_file).load_or_create()
 
 
-def open_vault(master_key_setting: str | None, key_file: Path) -> Vault:
-    """The server's vault: from the setting, or following the key file (see `Vault`)."""
-    ring = load_keyring(master_key_setting, key_file)
+def local_keys(master_key_setting: str | None, key_file: Path, *, create: bool = True) -> KeySource:
+    """The setting's ring when set, else the key file's (created unless `create` is False:
+    then a missing file raises `KeyConfigError`), followed as it changes."""
     if master_key_setting is not None:
-        return Vault(ring)
-    return Vault(ring, key_file=KeyFile(key_file))
+        return load_keyring(master_key_setting, key_file)
+    file = KeyFile(key_file)
+    return FollowedKeyFile(file, file.load_or_create() if create else file.load())
+
+
+class FollowedKeyFile:
+    """The key file's ring, following the file: when `apiauth keys rotate` adds a key, every
+    running server seals under it from its next operation on and can open what the rotation
+    re-wrapped, so a rotation needs no restart. One `stat` per operation is the price."""
+
+    def __init__(self, key_file: KeyFile, ring: KeyRing) -> None:
+        self.key_file = key_file
+        self._ring = ring
+        self._signature = self._stat()
+        self._reload_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FollowedKeyFile({self.key_file!r}, {self.ring!r})"
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            info = self.key_file.path.stat()
+        except OSError:
+            return None
+        return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+    @property
+    def ring(self) -> KeyRing:
+        signature = self._stat()
+        if signature is not None and signature != self._signature:
+            with self._reload_lock:
+                if signature != self._signature:
+                    self._ring = self.key_file.load()
+                    self._signature = signature
+        return self._ring
+
+    @property
+    def active(self) -> MasterKey:
+        return self.ring.active
+
+    def get(self, key_id: str) -> MasterKey:
+        return self.ring.get(key_id)
 
 
 def record_aad(table: str, row_id: str, column: str) -> bytes:
@@ -384,41 +449,18 @@ def _parse(blob: bytes) -> _Parts:
 
 
 class Vault:
-    """Seals and opens secrets with per-record data keys wrapped by the key ring.
+    """Seals and opens secrets with per-record data keys wrapped by the key source's keys."""
 
-    With a `key_file`, the ring follows the file: when `apiauth keys rotate` adds a key, every
-    running server seals under it from its next operation on and can open what the rotation
-    re-wrapped, so a rotation needs no restart. One `stat` per operation is the price.
-    """
-
-    def __init__(self, keyring: KeyRing, *, key_file: KeyFile | None = None) -> None:
-        self._keyring = keyring
-        self._key_file = key_file
-        self._file_signature = self._signature()
-        self._reload_lock = threading.Lock()
-
-    def _signature(self) -> tuple[int, int, int] | None:
-        if self._key_file is None:
-            return None
-        try:
-            info = self._key_file.path.stat()
-        except OSError:
-            return None
-        return (info.st_ino, info.st_mtime_ns, info.st_size)
+    def __init__(self, keys: KeySource) -> None:
+        self.keys = keys
 
     @property
-    def keyring(self) -> KeyRing:
-        if self._key_file is not None:
-            signature = self._signature()
-            if signature is not None and signature != self._file_signature:
-                with self._reload_lock:
-                    if signature != self._file_signature:
-                        self._keyring = self._key_file.load()
-                        self._file_signature = signature
-        return self._keyring
+    def active_key_id(self) -> str:
+        """The id of the key that seals now (what a finished rotation leaves every record under)."""
+        return self.keys.active.id
 
     def __repr__(self) -> str:
-        return f"Vault({self.keyring!r})"
+        return f"Vault({self.keys!r})"
 
     def seal(self, plaintext: bytes, aad: bytes) -> bytes:
         dek = AESGCM.generate_key(bit_length=KEY_BYTES * 8)
@@ -464,7 +506,7 @@ class Vault:
         parts = _parse(blob)
         dek = self._unwrap(parts, aad)
         self._open_body(dek, parts.body, aad)
-        if parts.key_id == self.keyring.active.id:
+        if parts.key_id == self.keys.active.id:
             return blob
         new_blob = self._wrap(dek, aad, parts.body)
         self.open(new_blob, aad)
@@ -475,13 +517,13 @@ class Vault:
         return _parse(blob).key_id
 
     def _wrap(self, dek: bytes, aad: bytes, body: bytes) -> bytes:
-        key = self.keyring.active
+        key = self.keys.active
         wrap_nonce = os.urandom(NONCE_BYTES)
         wrapped = AESGCM(key.secret).encrypt(wrap_nonce, dek, _dek_aad(key.id, aad))
         return MAGIC + key.id.encode("ascii") + wrap_nonce + wrapped + body
 
     def _unwrap(self, parts: _Parts, aad: bytes) -> bytes:
-        key = self.keyring.get(parts.key_id)
+        key = self.keys.get(parts.key_id)
         try:
             return AESGCM(key.secret).decrypt(
                 parts.wrap_nonce, parts.wrapped_dek, _dek_aad(parts.key_id, aad)

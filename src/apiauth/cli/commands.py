@@ -7,13 +7,8 @@ like `manage.py`, so they work on a fresh data dir before any server runs. `secr
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +21,22 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from apiauth.cli import client as client_commands
 from apiauth.client import DEFAULT_FUNCTION_TOKEN_TTL
 from apiauth.config import Settings
-from apiauth.domain import audit, connections, key_rotation, members, oauth_apps, sites
+from apiauth.domain import (
+    audit,
+    connect_flow,
+    connections,
+    key_rotation,
+    machine_connections,
+    members,
+    oauth_apps,
+    pasted_credentials,
+    provider_rechecks,
+    sites,
+    team_providers,
+)
 from apiauth.domain.broker import Broker, open_broker
 from apiauth.domain.token_store import CONNECTED
 
@@ -43,7 +51,9 @@ app = typer.Typer(
 users_app = typer.Typer(help="Team members who sign in to the dashboard.", no_args_is_help=True)
 tokens_app = typer.Typer(help="Personal access tokens for the REST API.", no_args_is_help=True)
 sites_app = typer.Typer(help="Sites and their API Authentication.", no_args_is_help=True)
-providers_app = typer.Typer(help="The provider catalog.", no_args_is_help=True)
+providers_app = typer.Typer(
+    help="The provider catalog, and providers added by URL.", no_args_is_help=True
+)
 connections_app = typer.Typer(help="A site's provider connections.", no_args_is_help=True)
 apps_app = typer.Typer(
     help="OAuth apps (client id and secret) registered with providers.", no_args_is_help=True
@@ -99,38 +109,31 @@ def serve(
         bool,
         typer.Option(help="Run the background refresher here (or in `apiauth refresher`)."),
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes sharing the port (PostgreSQL only; each is a replica).",
+            min=1,
+        ),
+    ] = 1,
 ) -> None:
-    """Run the dashboard, the API and the refresher in one process."""
+    """Run the dashboard, the API and the refresher (in one process, or --workers N)."""
     from apiauth.server.run import run_server
 
-    run_server(Settings(), host=host, port=port, demo=demo, refresher=refresher)
+    settings = Settings().listening_on(host, port)
+    run_server(settings, host=host, port=port, demo=demo, refresher=refresher, workers=workers)
 
 
 @app.command("refresher")
 def refresher_command() -> None:
-    """Run only the background refresher (for a separate worker process)."""
-    import logging
-    import signal
+    """Run only the background refresher (for a separate worker process), with the
+    re-checks of providers added by URL.
 
-    from apiauth.domain.refresher import Refresher
+    Its metrics are served on APIAUTH_METRICS_PORT when that is set (it has no other port).
+    """
+    from apiauth.server.run import run_refresher
 
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    with broker_for_command() as broker:
-        worker = Refresher(broker)
-        worker.start()
-        err.print("Refresher running; Ctrl-C stops it.")
-        stopped = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-        try:
-            stopped.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            worker.stop()
+    run_refresher(Settings(), announce=lambda: err.print("Refresher running; Ctrl-C stops it."))
 
 
 @users_app.command("create")
@@ -226,15 +229,40 @@ def _print_site_token(token: str) -> None:
 
 @sites_app.command("enable")
 def sites_enable(name: str, member: MemberOption = None) -> None:
-    """Enable API Authentication; prints APIAUTH_TOKEN once and fires the deploy hook."""
+    """Enable API Authentication; prints APIAUTH_TOKEN once and fires the deploy hook.
+
+    On a site that is enabled already, changes nothing (its token keeps working) and says so.
+    """
     with broker_for_command() as broker:
-        token = sites.enable_api_auth(broker, _acting_member(broker, member), name)
+        token = sites.enable_api_auth_once(broker, _acting_member(broker, member), name)
+    if token is None:
+        err.print(
+            f"API Authentication is already enabled for {name}; its {sites.ENV_VAR} is "
+            f"unchanged. For a new one (the current one stops working): "
+            f"`apiauth sites rotate-token {name}`.",
+            highlight=False,
+        )
+        return
     _print_site_token(token)
 
 
 @sites_app.command("rotate-token")
-def sites_rotate_token(name: str, member: MemberOption = None) -> None:
-    """Issue a new site token; the old one stops working at once."""
+def sites_rotate_token(
+    name: str,
+    member: MemberOption = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Issue a new site token; the old one, and every function token minted from it, stop
+    working at once."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter(
+                "rotating stops the current token at once: add --yes to confirm", param_hint="--yes"
+            )
+        typer.confirm(
+            f"Issue a new {sites.ENV_VAR} for {name}? The current one stops working at once.",
+            abort=True,
+        )
     with broker_for_command() as broker:
         token = sites.rotate_site_token(broker, _acting_member(broker, member), name)
     _print_site_token(token)
@@ -263,18 +291,149 @@ def sites_delete(
 
 
 @providers_app.command("list")
-def providers_list() -> None:
-    """List the providers sites can connect, and whether an OAuth app is configured."""
+def providers_list(member: MemberOption = None) -> None:
+    """List the providers sites can connect (the catalog and the team's providers added by
+    URL), and whether a client is configured for each."""
     with broker_for_command() as broker:
+        configured: set[str] = set()
+        added: list[team_providers.TeamProviderView] = []
+        # Before the first member exists (a fresh install) there is no team: list the catalog.
+        if member is not None or members.member_count(broker):
+            acting = _acting_member(broker, member)
+            configured = {app.provider for app in oauth_apps.list_oauth_apps(broker, acting)}
+            added = team_providers.list_team_providers(broker, acting)
         table = Table("provider", "name", "default scopes", "OAuth app")
         for provider in broker.catalog.values():
             table.add_row(
                 provider.name,
                 provider.display_name,
                 " ".join(provider.default_scopes),
-                "configured" if provider.name in broker.default_apps else "not configured",
+                "configured" if provider.name in configured else "not configured",
+            )
+        for view in added:
+            state: str = "needs a client" if view.needs_client else view.client_kind
+            if view.refused_change:
+                state += " (a metadata change was refused)"
+            table.add_row(
+                view.name,
+                f"{view.display_name} (added by URL)",
+                " ".join(s.name for s in view.scopes if s.default),
+                "team app" if view.has_own_app else state,
             )
     out.print(table)
+
+
+@providers_app.command("add")
+def providers_add(
+    url: Annotated[str, typer.Argument(help="An OAuth issuer, or an API / MCP server URL.")],
+    name: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--name", help="The provider's name (default: from the URL's host)."),
+    ] = None,
+    scope: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option("--scope", help="A scope to tick by default (repeat; default: asked)."),
+    ] = None,
+    client_id: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--client-id", help="A client registered by hand (wins over registering)."),
+    ] = None,
+    client_secret_stdin: Annotated[
+        bool, typer.Option("--client-secret-stdin", help="Read its secret from standard input.")
+    ] = False,
+    allow_without_pkce: Annotated[
+        bool,
+        typer.Option("--allow-without-pkce", help="Accept a server that does not list PKCE S256."),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask; take the suggestions.")] = False,
+    member: MemberOption = None,
+) -> None:
+    """Add a provider from one URL: apiauth finds the authorization server (RFC 8414,
+    OpenID Connect discovery, or RFC 9728 for a protected resource such as an MCP server),
+    shows what it found, and registers itself as a client where the server allows it."""
+    secret = sys.stdin.readline().rstrip("\r\n") if client_secret_stdin else None
+    with broker_for_command() as broker:
+        acting = _acting_member(broker, member)
+        with err.status(f"Looking for an OAuth server at {url}…"):
+            found = team_providers.find_provider(
+                broker, acting, url, name=name, allow_without_pkce=allow_without_pkce
+            )
+        _show_found(found)
+        if scope is None and not yes and sys.stdin.isatty() and not client_secret_stdin:
+            suggested = " ".join(s.name for s in found.scopes if s.default)
+            answer = typer.prompt("Scopes to tick by default (space-separated)", default=suggested)
+            scope = answer.split()
+        added = team_providers.add_found_provider(
+            broker,
+            acting,
+            found,
+            scopes=scope,
+            client_id=client_id,
+            client_secret=secret,
+            allow_without_pkce=allow_without_pkce,
+        )
+    out.print(added.message, highlight=False)
+    out.print(f"Connect a site with: apiauth connect SITE {added.view.name}", highlight=False)
+
+
+def _show_found(found: team_providers.FoundProvider) -> None:
+    server = found.discovered.server
+    kind = "OpenID Connect provider" if server.openid else "OAuth 2.0 authorization server"
+    err.print(f"Found the {kind} {server.issuer}", highlight=False)
+    if found.resource:
+        err.print(f"  protecting the resource {found.resource}", highlight=False)
+    err.print(f"  metadata: {server.metadata_url}", highlight=False)
+    plans = {
+        team_providers.METADATA_DOCUMENT: "a Client ID Metadata Document (nothing to register)",
+        team_providers.REGISTERED: "dynamic client registration (RFC 7591)",
+        team_providers.NO_CLIENT: "none offered: a client must be registered by hand",
+    }
+    err.print(f"  client: {plans[found.client_plan]}", highlight=False)
+    if server.iss_parameter_supported:
+        err.print("  names itself in its answers (iss, RFC 9207): checked", highlight=False)
+    if found.scopes:
+        err.print("  scopes:", highlight=False)
+        for s in found.scopes:
+            tick = "[x]" if s.default else "[ ]"
+            err.print(
+                f"    {tick} {s.name}  {s.description}".rstrip(), highlight=False, markup=False
+            )
+
+
+@providers_app.command("remove")
+def providers_remove(
+    name: str,
+    keep_registration: Annotated[
+        bool,
+        typer.Option("--keep-registration", help="Keep apiauth's client registration there."),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    member: MemberOption = None,
+) -> None:
+    """Remove a provider added by URL (and apiauth's registration at its server)."""
+    if not yes:
+        typer.confirm(f"Remove the provider {name}?", abort=True)
+    with broker_for_command() as broker:
+        removed = team_providers.remove_provider(
+            broker, _acting_member(broker, member), name, keep_registration=keep_registration
+        )
+    note = (
+        " and deleted apiauth's client registration there" if removed.registration_deleted else ""
+    )
+    out.print(f"Removed {name}{note}.")
+
+
+@providers_app.command("check")
+def providers_check(name: str, member: MemberOption = None) -> None:
+    """Fetch a provider's metadata again now (the server does it on a schedule too)."""
+    with broker_for_command() as broker:
+        problem = provider_rechecks.recheck_named_provider(
+            broker, _acting_member(broker, member), name
+        )
+    if problem:
+        err.print(f"[yellow]{name}:[/] {problem}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"{name}: the metadata was fetched again and is in use.")
 
 
 @app.command()
@@ -297,16 +456,46 @@ def connect(
             help="A connection parameter as NAME=VALUE, e.g. shop=acme for Shopify (repeat).",
         ),
     ] = None,
+    api_key_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--api-key-stdin", help="Read the API key of a key-based provider from stdin."
+        ),
+    ] = False,
+    username: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--username", help="The username of a basic-auth provider (Twilio's SID)."),
+    ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the basic-auth password from stdin."),
+    ] = False,
 ) -> None:
-    """Print the URL that connects SITE to PROVIDER, then wait until it is connected."""
+    """Print the URL that connects SITE to PROVIDER, then wait until it is connected. A
+    key-based provider takes its key (--api-key-stdin) or username and password (--username,
+    --password-stdin) instead: verified at the provider, then stored."""
     params: dict[str, str] = {}
     for pair in param or []:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
             raise typer.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--param")
         params[name.strip()] = value
+    if api_key_stdin or username is not None or password_stdin:
+        credentials = _pasted_credentials(api_key_stdin, username, password_stdin)
+        with broker_for_command() as broker:
+            view = pasted_credentials.connect_with_credentials(
+                broker, _acting_member(broker, member), site, provider, credentials, params
+            )
+        who = view.account_login or view.account_id or "an account"
+        out.print(f"{provider} connected as {who} ({view.auth_mode}, verified at the provider)")
+        return
     with broker_for_command() as broker:
-        start = connections.start_connection(
+        acting = _acting_member(broker, member)
+        if machine_connections.needs_no_consent(broker, acting, provider):
+            view = machine_connections.connect_client(broker, acting, site, provider, scope, params)
+            out.print(f"{provider} connected ({view.auth_mode}: a token was minted for {site})")
+            return
+        start = connect_flow.start_connection(
             broker, _acting_member(broker, member), site, provider, scope, params=params
         )
         err.print(f"Open this URL in a browser to connect {site} to {provider}:")
@@ -315,7 +504,7 @@ def connect(
             return
         with err.status("Waiting for the provider's consent…"):
             deadline = time.monotonic() + timeout
-            while (outcome := connections.authorization_outcome(broker, start.state_id)) is None:
+            while (outcome := connect_flow.authorization_outcome(broker, start.state_id)) is None:
                 if time.monotonic() > deadline:
                     outcome = "gave up waiting; run the command again"
                     break
@@ -326,6 +515,30 @@ def connect(
         view = connections.get_connection(broker, _acting_member(broker, member), site, provider)
     who = view.account_login or view.account_id or "an account"
     out.print(f"{provider} connected as {who} (scopes: {' '.join(view.granted_scopes) or 'none'})")
+
+
+def _pasted_credentials(
+    api_key_stdin: bool, username: str | None, password_stdin: bool
+) -> dict[str, str]:
+    """The `credentials` of a key-based connection, the secret half read from stdin (never
+    from the command line, where `ps` and shell history would show it)."""
+    if api_key_stdin and (username is not None or password_stdin):
+        raise typer.BadParameter(
+            "give either --api-key-stdin or --username with --password-stdin",
+            param_hint="--api-key-stdin",
+        )
+    if not api_key_stdin and (username is None or not password_stdin):
+        raise typer.BadParameter(
+            "basic credentials need both --username and --password-stdin",
+            param_hint="--username",
+        )
+    secret = sys.stdin.readline().rstrip("\r\n")
+    if not secret:
+        raise typer.BadParameter("nothing was read from stdin", param_hint="stdin")
+    if api_key_stdin:
+        return {"api_key": secret}
+    assert username is not None
+    return {"username": username, "password": secret}
 
 
 @connections_app.command("list")
@@ -377,25 +590,8 @@ def secrets(
     ] = False,
 ) -> None:
     """Show the tokens APIAUTH_TOKEN reads (masked unless --json), as a function sees them."""
-    from apiauth.client import get_secrets
-
-    found = get_secrets()
-    if as_json:
-        answer = {name: dataclasses.asdict(secret) for name, secret in found.items()}
-        out.print_json(json.dumps(answer, default=str))
-        return
-    table = Table("provider", "logged in", "account", "granted scopes", "expires", "token")
-    for name, secret in found.items():
-        bearer = secret.bearer_token
-        table.add_row(
-            name,
-            "yes" if secret.is_logged_in else "no",
-            (secret.account.login or secret.account.id or "") if secret.account else "",
-            " ".join(secret.granted_scopes),
-            _when(secret.expires_at),
-            f"{bearer[:4]}…" if bearer else "",
-        )
-    out.print(table if len(found) else "No provider is connected to this site yet.")
+    # `apiauth secrets` itself runs apiauth.cli.client (no server needed); this keeps it listed.
+    raise typer.Exit(client_commands.print_secrets(as_json))
 
 
 @app.command(
@@ -437,51 +633,8 @@ def run(
 
     Example: apiauth run --ttl 600 --provider github -- npm run build
     """
-    from apiauth.client import NotConfigured, create_function_token
-
-    if not command:
-        err.print(
-            "[red]error:[/] name the command to run after `--`, "
-            "e.g. `apiauth run -- npm run build` (see `apiauth run --help`)",
-            highlight=False,
-        )
-        raise typer.Exit(2)
-    try:
-        minted = create_function_token(ttl, provider)
-    except NotConfigured:
-        raise NotConfigured(
-            "APIAUTH_TOKEN is not set: `apiauth run` mints a function token from the site "
-            "token, so set APIAUTH_TOKEN to it (`apiauth sites enable SITE` prints one)."
-        ) from None
-    env = {**os.environ, sites.ENV_VAR: minted.token}
-    raise typer.Exit(_run_child(command, env))
-
-
-def _run_child(command: list[str], env: dict[str, str]) -> int:
-    """Run CMD to its end with our stdin, stdout and stderr; its exit status, shell-style.
-
-    Ctrl-C reaches the child from the terminal itself, so we keep waiting for it to finish;
-    a SIGTERM sent to us alone (a CI runner cancelling) is passed on to it.
-    """
-    try:
-        child = subprocess.Popen(command, env=env)  # noqa: S603 - the user's own command
-    except FileNotFoundError:
-        err.print(f"[red]error:[/] command not found: {command[0]}", highlight=False)
-        return 127
-    except PermissionError:
-        err.print(f"[red]error:[/] permission denied: {command[0]}", highlight=False)
-        return 126
-    forward = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signum))
-    try:
-        while True:
-            try:
-                code = child.wait()
-                break
-            except KeyboardInterrupt:
-                continue
-    finally:
-        signal.signal(signal.SIGTERM, forward)
-    return 128 - code if code < 0 else code
+    # `apiauth run` itself runs apiauth.cli.client (no server needed); this keeps it listed.
+    raise typer.Exit(client_commands.run_command(command or [], ttl, provider))
 
 
 @apps_app.command("list")
@@ -500,20 +653,85 @@ def apps_list(member: MemberOption = None) -> None:
 @apps_app.command("set")
 def apps_set(
     provider: str,
-    client_id: Annotated[str, typer.Option("--client-id", help="The app's client id.")],
+    client_id: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--client-id",
+            help="The app's client id (a service account key file brings its own).",
+        ),
+    ] = None,
     client_secret_stdin: Annotated[
         bool,
         typer.Option("--client-secret-stdin", help="Read the client secret from standard input."),
     ] = False,
+    private_key_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--private-key-file",
+            help="A PEM private key instead of a secret (token_auth_method private_key_jwt, "
+            "a service account's JSON key file, a GitHub App's key).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ] = None,
+    app_id: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--app-id", help="A GitHub App's id (instead of --client-id)."),
+    ] = None,
+    slug: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--slug", help="A GitHub App's slug, as in https://github.com/apps/SLUG."),
+    ] = None,
     member: MemberOption = None,
 ) -> None:
-    """Store the team's OAuth app for PROVIDER (the secret is encrypted, never shown again)."""
+    """Store the team's OAuth app for PROVIDER (the secret is encrypted, never shown again).
+
+    A GitHub App: apiauth apps set github-app --app-id ID --slug SLUG --private-key-file key.pem
+    """
+    if client_secret_stdin and private_key_file is not None:
+        raise typer.BadParameter(
+            "give either --client-secret-stdin or --private-key-file",
+            param_hint="--private-key-file",
+        )
+    if app_id is not None and client_id is not None:
+        raise typer.BadParameter("give either --client-id or --app-id", param_hint="--app-id")
+    client_id = client_id or app_id
     secret = sys.stdin.readline().rstrip("\r\n") if client_secret_stdin else None
+    if private_key_file is not None:
+        secret, named = _private_key_from_file(private_key_file)
+        client_id = client_id or named
+    if not client_id:
+        raise typer.BadParameter(
+            "the app's client id (a GitHub App's --app-id) is needed", param_hint="--client-id"
+        )
     with broker_for_command() as broker:
         view = oauth_apps.set_oauth_app(
-            broker, _acting_member(broker, member), provider, client_id, secret
+            broker, _acting_member(broker, member), provider, client_id, secret, slug
         )
-    out.print(f"Saved the {view.provider} OAuth app {view.client_id}.")
+    named_slug = f" ({view.app_slug})" if view.app_slug else ""
+    out.print(f"Saved the {view.provider} OAuth app {view.client_id}{named_slug}.")
+
+
+def _private_key_from_file(path: Path) -> tuple[str, str | None]:
+    """(PEM private key, client id) of a PEM file, or of a service account's JSON key file
+    (Google's: `private_key` and `client_email`)."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        raise typer.BadParameter(
+            "cannot read the key file as text (a PEM or JSON key file)",
+            param_hint="--private-key-file",
+        ) from None
+    if not text.startswith("{"):
+        return text + "\n", None
+    try:
+        document = json.loads(text)
+        return str(document["private_key"]), str(document["client_email"])
+    except (ValueError, KeyError, TypeError):
+        raise typer.BadParameter(
+            "a JSON key file needs private_key and client_email", param_hint="--private-key-file"
+        ) from None
 
 
 @apps_app.command("remove")
@@ -534,11 +752,19 @@ def keys_generate() -> None:
 
 @keys_app.command("rotate")
 def keys_rotate() -> None:
-    """Re-wrap every record under a new master key; old keys stay readable until done."""
+    """Re-wrap every record under a new master key, or under APIAUTH_KMS's key; old keys
+    stay readable until done, and an interrupted rotation finishes when run again.
+
+    With the key file: adds a new key, re-wraps, removes the old key. With
+    APIAUTH_MASTER_KEY: put a new key first, run this, then remove the old key. With
+    APIAUTH_KMS (or after removing it): set it the same way on every server first; this
+    moves every record under the configured key (local -> KMS, KMS -> local, or between
+    KMS keys).
+    """
     from apiauth.vault import KeyFile
 
     settings = Settings()
-    key_file = None if settings.master_key else KeyFile(settings.key_file)
+    key_file = None if settings.master_key or settings.kms else KeyFile(settings.key_file)
     if key_file is not None:
         ring = key_file.load_or_create()
         if len(ring.keys) == 1:
@@ -547,18 +773,29 @@ def keys_rotate() -> None:
         else:
             err.print(f"Finishing an interrupted rotation to key {ring.active.id}.")
     with broker_for_command() as broker:
-        active = broker.vault.keyring.active.id
+        active = broker.vault.active_key_id
+        where = key_rotation.key_location(broker, active)
         total = key_rotation.count_encrypted_records(broker)
         with Progress(console=err) as progress:
-            task = progress.add_task("Re-wrapping records", total=total)
+            task = progress.add_task(f"Re-wrapping records under key {active}", total=total)
             result = key_rotation.rewrap_all(broker, lambda n: progress.advance(task, n))
         left = {k: n for k, n in key_rotation.records_by_key(broker).items() if k != active}
     if left:
-        err.print(f"[red]Records still under old keys:[/] {left}; run the command again.")
+        err.print(
+            f"[red]Records still under other keys:[/] {left}; a server still seals with one "
+            "of them: give every server the same key settings, then run the command again."
+        )
         raise typer.Exit(1)
     if key_file is not None:
         key_file.keep_only(active)
         out.print(f"Rotated {result.rewrapped} records to key {active}; old keys removed.")
+    elif settings.kms:
+        out.print(f"{result.rewrapped} records moved to key {active} ({where}).")
+        if settings.master_key is None and settings.key_file.exists():
+            err.print(
+                f"No record needs the local key file {settings.key_file} any more: keep it "
+                "only while you keep backups made with it, then delete it."
+            )
     elif result.rewrapped == 0:
         out.print(
             f"Every record is under key {active} already. To rotate, put a new key "
@@ -600,6 +837,45 @@ def events(
     out.print(table if page.events else f"{site} has no events yet.")
     if page.next_before is not None:
         err.print(f"Older events: `apiauth events {site} --before {page.next_before}`.")
+
+
+_DOCTOR_MARKS = {
+    "ok": "[green]✓[/]",
+    "warn": "[yellow]![/]",
+    "fail": "[red]✗[/]",
+    "skip": "[dim]-[/]",
+}
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON.")] = False,
+) -> None:
+    """Check this deployment and say what is wrong and how to fix it.
+
+    Looks at the database and its schema, the master key (and KMS), the public URL, the
+    OAuth apps of the providers in use, the clock, trusted proxies, file permissions and
+    the replicas seen recently, with the settings of this shell. Changes nothing. Exit
+    status 0 when nothing failed (warnings allowed), 1 otherwise.
+    """
+    from apiauth.domain.doctor import run_doctor
+
+    report = run_doctor(Settings())
+    if as_json:
+        out.print_json(json.dumps(report.as_json()))
+    else:
+        width = max(len(check.name) for check in report.checks)
+        for check in report.checks:
+            line = Text.from_markup(f"{_DOCTOR_MARKS[check.status]} ")
+            line.append(f"{check.name:<{width}}  ", style="bold")
+            line.append(check.message)
+            out.print(line)
+            if check.fix:
+                out.print(Text(f"{'':{width + 4}}fix: {check.fix}", style="cyan"))
+        summary = f"{report.problems} problem(s), {report.warnings} warning(s)."
+        out.print(Text(summary, style="red" if report.problems else "green"))
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @db_app.command("upgrade")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import uvicorn
 
-from apiauth.emulator.app import create_emulator_app, demo_client
-from apiauth.providers import load_catalog
+from apiauth.emulator.app import create_emulator_app
+from apiauth.providers import demo_client, load_catalog
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from apiauth.emulator.dialects import learned_value
+
 __all__ = ["ApiAnswer", "ApiEndpoint", "ApiRequest", "find_endpoint"]
 
 
@@ -36,6 +38,8 @@ class ApiRequest:
     #: Where the emulator serves this host, e.g. `<emulator>/github/api.github.com`; links in
     #: answers point under it, as GitHub Enterprise's point at its own host.
     host_url: str
+    #: The user a service account's token acts as by domain-wide delegation, or None.
+    subject: str | None = None
 
 
 @dataclass(frozen=True)
@@ -507,6 +511,100 @@ def contentful_entries(request: ApiRequest) -> ApiAnswer:
     return _contentful_array(entries, request.query)
 
 
+# --------------------------------------------------------------------------- Mailchimp
+# https://mailchimp.com/developer/marketing/api/ping/: the health check, at the account's
+# data centre (`https://{dc}.api.mailchimp.com/3.0/ping`). Another data centre's host does
+# not know the account.
+
+
+def mailchimp_ping(request: ApiRequest) -> ApiAnswer:
+    if request.host != f"{learned_value('dc')}.api.mailchimp.com":
+        return ApiAnswer(
+            {"title": "Wrong Datacenter", "status": 403, "detail": "Use your account's dc."},
+            403,
+        )
+    return ApiAnswer({"health_status": "Everything's Chimpy!"})
+
+
+def github_installation_repos(request: ApiRequest) -> ApiAnswer:
+    # https://docs.github.com/en/rest/apps/installations#list-repositories-accessible-to-the-app-installation
+    # An installation token's call; the emulated installation can read every demo repo.
+    per_page = _int_param(request.query, "per_page", 30, low=1, high=100)
+    page = _int_param(request.query, "page", 1, low=1, high=10_000)
+    chunk = _GITHUB_REPOS[(page - 1) * per_page : page * per_page]
+    return ApiAnswer(
+        {
+            "total_count": len(_GITHUB_REPOS),
+            "repository_selection": "all",
+            "repositories": [_github_repo(request.host_url, r) for r in chunk],
+        }
+    )
+
+
+# --------------------------------------------------------------------------- Google
+# Gmail's users.getProfile, as a service account's token calls it:
+# https://developers.google.com/gmail/api/reference/rest/v1/users/getProfile (`userId` is
+# the user's address or `me`; the answer's fields emailAddress, messagesTotal, threadsTotal,
+# historyId (a string); one of the Gmail scopes below). The reference names the host
+# gmail.googleapis.com; the catalog's api_base_url is www.googleapis.com, which serves the
+# same /gmail/v1 paths (not verified in Google's docs). Error bodies have the `code`,
+# `message` and `errors` list of https://developers.google.com/gmail/api/guides/handle-errors
+# and the `status` of https://cloud.google.com/apis/design/errors. Not verified in Google's
+# docs, only as clients report them: the 400 "Precondition check failed." /
+# `failedPrecondition` for a token of an account acting as itself (it has no mailbox), the
+# 403 "Delegation denied for <user>" for another user's `userId`, and the 403
+# `insufficientPermissions` words for a token without a Gmail scope.
+
+_GMAIL_SCOPES = frozenset(
+    {
+        "https://mail.google.com/",
+        "https://www.googleapis.com/auth/gmail.modify",
+        "https://www.googleapis.com/auth/gmail.compose",
+        "https://www.googleapis.com/auth/gmail.readonly",
+        "https://www.googleapis.com/auth/gmail.metadata",
+    }
+)
+
+
+def _google_error(code: int, status: str, reason: str, message: str) -> ApiAnswer:
+    body = {
+        "error": {
+            "code": code,
+            "message": message,
+            "errors": [{"message": message, "domain": "global", "reason": reason}],
+            "status": status,
+        }
+    }
+    return ApiAnswer(body, code)
+
+
+def gmail_get_profile(request: ApiRequest) -> ApiAnswer:
+    if not _GMAIL_SCOPES.intersection(request.scopes):
+        return _google_error(
+            403,
+            "PERMISSION_DENIED",
+            "insufficientPermissions",
+            "Request had insufficient authentication scopes.",
+        )
+    if request.subject is None:
+        return _google_error(
+            400, "FAILED_PRECONDITION", "failedPrecondition", "Precondition check failed."
+        )
+    user = request.path_params["user"]
+    if user != "me" and user.lower() != request.subject.lower():
+        return _google_error(
+            403, "PERMISSION_DENIED", "forbidden", f"Delegation denied for {request.subject}"
+        )
+    return ApiAnswer(
+        {
+            "emailAddress": request.subject,
+            "messagesTotal": 1289,
+            "threadsTotal": 774,
+            "historyId": "8126471",
+        }
+    )
+
+
 # --------------------------------------------------------------------------- routing
 
 
@@ -519,12 +617,28 @@ def _endpoint(
 
 ENDPOINTS = (
     _endpoint("github", "GET", "api.github.com", "/user/repos", github_list_repos),
+    _endpoint("github-app-user", "GET", "api.github.com", "/user/repos", github_list_repos),
+    _endpoint(
+        "github-app",
+        "GET",
+        "api.github.com",
+        "/installation/repositories",
+        github_installation_repos,
+    ),
     _endpoint("salesforce", "GET", None, "/services/data/v{version}/query", salesforce_query),
     _endpoint("spotify", "GET", "api.spotify.com", "/v1/me/playlists", spotify_my_playlists),
     _endpoint("stripe", "GET", "api.stripe.com", "/v1/accounts/{account}", stripe_retrieve_account),
     _endpoint("stripe", "GET", "api.stripe.com", "/v1/customers", stripe_list_customers),
     _endpoint("box", "GET", "api.box.com", "/2.0/folders/{folder}/items", box_folder_items),
     _endpoint("contentful", "GET", "api.contentful.com", "/spaces", contentful_spaces),
+    _endpoint("mailchimp", "GET", None, "/3.0/ping", mailchimp_ping),
+    _endpoint(
+        "google-service-account",
+        "GET",
+        "www.googleapis.com",
+        "/gmail/v1/users/{user}/profile",
+        gmail_get_profile,
+    ),
     _endpoint(
         "contentful",
         "GET",

@@ -4,7 +4,8 @@ Requests arrive at `/{provider}/{host}/{path}`, the form `emulated_url()` gives 
 URLs, and are matched against that provider's authorize, token, who-am-I and revoke URLs. The
 catalog says how each provider behaves (client auth, PKCE, lifetimes, refresh style, revoke
 style); `dialects` says what its answers look like. `/_admin/stats` and `/_admin/reset` are
-for tests, `/_admin/grants` for benchmarks.
+for tests, `/_admin/grants` for benchmarks; none of them takes a request from another site
+(`admin_guard`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.datastructures import FormData
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -30,25 +32,32 @@ from starlette.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.routing import Mount, Route
 
+from apiauth.emulator.admin_guard import AdminGuard
 from apiauth.emulator.api_endpoints import ApiRequest, find_endpoint
 from apiauth.emulator.consent import REQUESTED_SCOPE_FIELD, render_consent, render_error
-from apiauth.emulator.dialects import Dialect, Issued, TokenContext, dialect_for
+from apiauth.emulator.dialects import Dialect, Issued, TokenContext, dialect_for, learned_value
+from apiauth.emulator.github_apps import GitHubApps
+from apiauth.emulator.keys import (
+    CLIENT_ASSERTION_TYPE,
+    JWT_BEARER_GRANT,
+    AssertionRefused,
+    KeyRing,
+    PublicKeys,
+    account_answer,
+    presented_key,
+    refusal,
+)
+from apiauth.emulator.standard_server import StandardServers, well_known_app
 from apiauth.emulator.state import EmulatorState, Fault, GrantError
-from apiauth.providers import Catalog, Provider
-from apiauth.providers.catalog import ACCESS_TOKEN
+from apiauth.providers import KEY_MODES, MACHINE_MODES, Catalog, Provider
+from apiauth.providers.catalog import ACCESS_TOKEN, LearnedValue
 
-__all__ = ["create_emulator_app", "demo_client"]
+__all__ = ["create_emulator_app"]
 
-Endpoint = Literal["authorize", "token", "userinfo", "revoke"]
+Endpoint = Literal["authorize", "token", "userinfo", "revoke", "learn"]
 ENDPOINTS = ("authorize", "token", "userinfo", "revoke")
-
-
-def demo_client(provider: str) -> tuple[str, str]:
-    """The OAuth app `serve --demo` registers with the emulator for `provider`."""
-    return f"demo-{provider}-client", f"demo-{provider}-secret"
 
 
 def create_emulator_app(
@@ -57,7 +66,7 @@ def create_emulator_app(
     base_url: str,
     clients: Mapping[str, tuple[str, str]],
     token_ttl: int | None = None,
-) -> ASGIApp:
+) -> Starlette:
     """An ASGI app emulating every provider of `catalog`.
 
     `base_url` is where the app is reachable (Salesforce's `instance_url` points under it);
@@ -65,20 +74,31 @@ def create_emulator_app(
     shortens the lifetime of access tokens that expire anyway.
     """
     emulator = _Emulator(catalog, base_url.rstrip("/"), dict(clients), token_ttl)
+    standard = StandardServers(base_url)
     app = Starlette(
         routes=[
+            *standard.routes(),
+            # Reachable where the emulator has an origin of its own (`python -m apiauth.
+            # emulator`); `serve --demo` mounts `well_known_app` at its root instead.
+            Mount("/.well-known", well_known_app(standard)),
             Route("/_admin/stats", emulator.admin_stats, methods=["GET"]),
             Route("/_admin/reset", emulator.admin_reset, methods=["POST"]),
             Route("/_admin/faults", emulator.admin_faults, methods=["POST"]),
             Route("/_admin/grants", emulator.admin_grants, methods=["POST"]),
+            Route("/_admin/revoke-key", emulator.admin_revoke_key, methods=["POST"]),
+            Route("/_admin/public-keys", emulator.admin_public_keys, methods=["POST"]),
+            Route("/_admin/github-apps", emulator.admin_github_apps, methods=["POST"]),
+            Route("/_admin/clock", emulator.admin_clock, methods=["POST"]),
             Route(
                 "/{provider}/{rest:path}",
                 emulator.dispatch,
                 methods=["GET", "POST", "DELETE", "PUT", "PATCH"],
             ),
-        ]
+        ],
+        middleware=[Middleware(AdminGuard)],
     )
     app.state.emulator = emulator
+    app.state.standard_servers = standard
     return app
 
 
@@ -97,20 +117,22 @@ class _Route:
     endpoint: Endpoint
     pattern: re.Pattern[str]
     path_only: bool  # `{instance_url}` URLs: the host is whatever instance_url said
+    learned: LearnedValue | None = None  # a learn URL's value
 
 
 def _routes_of(provider: Provider, base_path: str) -> list[_Route]:
-    urls: list[tuple[Endpoint, str | None]] = [
-        ("authorize", provider.authorization_url),
-        ("token", provider.token_url),
-        ("token", provider.refresh_url),
-        ("userinfo", provider.userinfo_url),
-        ("revoke", provider.revoke_url),
+    urls: list[tuple[Endpoint, str | None, LearnedValue | None]] = [
+        ("authorize", provider.authorization_url, None),
+        ("token", provider.token_url, None),
+        ("token", provider.refresh_url, None),
+        ("userinfo", provider.userinfo_url, None),
+        ("revoke", provider.revoke_url, None),
+        *(("learn", v.source, v) for v in provider.learn_urls()),
     ]
     routes = []
     emulated_prefix = f"{base_path}/{provider.name}/"
-    for endpoint, url in urls:
-        if url is None:
+    for endpoint, url, learned in urls:
+        if not url:  # None, or "" for a key mode's authorize and token URLs
             continue
         if url.startswith("{instance_url}"):
             key, path_only = url[len("{instance_url}") :], True
@@ -124,7 +146,7 @@ def _routes_of(provider: Provider, base_path: str) -> list[_Route]:
         regex = re.escape(key.strip("/")).replace(re.escape("{client_id}"), r"(?P<client_id>[^/]+)")
         # Connection parameters (`{shop}.myshopify.com`): any value the caller filled in.
         regex = re.sub(r"\\\{[a-z][a-z0-9_]*\\\}", lambda _: r"[^/]+", regex)
-        routes.append(_Route(endpoint, re.compile(regex), path_only))
+        routes.append(_Route(endpoint, re.compile(regex), path_only, learned))
     return routes
 
 
@@ -172,6 +194,9 @@ class _Emulator:
         self.clients = clients
         self.token_ttl = token_ttl
         self.state = EmulatorState(catalog.names())
+        self.keys = KeyRing()
+        self.public_keys = PublicKeys()
+        self.github_apps = GitHubApps(self.state, self._lifetime)
         base_path = urlsplit(base_url).path.rstrip("/")
         self.routes = {name: _routes_of(p, base_path) for name, p in catalog.items()}
 
@@ -180,8 +205,21 @@ class _Emulator:
     async def admin_stats(self, request: Request) -> Response:
         return JSONResponse(self.state.stats())
 
+    async def admin_clock(self, request: Request) -> Response:
+        """`{"advance_seconds": N}`: age every code and token by N seconds (tests of expiry)."""
+        try:
+            seconds = float(json.loads(await request.body())["advance_seconds"])
+        except (ValueError, KeyError, TypeError):
+            return JSONResponse({"error": "give advance_seconds, a number"}, 400)
+        if not 0 <= seconds <= 10 * 365 * 86400:
+            return JSONResponse({"error": "advance_seconds must be 0 to ten years"}, 400)
+        self.state.advance(seconds)
+        return JSONResponse({"advanced": seconds})
+
     async def admin_reset(self, request: Request) -> Response:
         self.state.reset()
+        self.keys.reset()
+        self.github_apps.reset()
         return JSONResponse({"reset": True})
 
     async def admin_faults(self, request: Request) -> Response:
@@ -228,6 +266,50 @@ class _Emulator:
         imported = self.state.import_grants(provider, client[0], scopes, tokens)
         return JSONResponse({"imported": imported})
 
+    async def admin_public_keys(self, request: Request) -> Response:
+        """Register a service account's public key, as uploading it at the provider does:
+        `{"provider", "issuer", "jwk", "delegation_domain"?}`; with `delegation_domain` the
+        account may also act as that Workspace domain's users (`sub`), as a super
+        administrator's grant of domain-wide delegation allows."""
+        try:
+            spec = json.loads(await request.body())
+            provider, issuer, jwk = str(spec["provider"]), str(spec["issuer"]), spec["jwk"]
+            domain = spec.get("delegation_domain")
+            if domain is not None and not isinstance(domain, str):
+                raise TypeError("delegation_domain must be a string")
+            self.public_keys.register(provider, issuer, jwk, domain)
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad key: {exc}"}, 400)
+        return JSONResponse({"registered": True})
+
+    async def admin_github_apps(self, request: Request) -> Response:
+        """Register a GitHub App as its owner does on GitHub (its id, slug, the public part
+        of its key, its setup URL, the account installs land on): `{"provider", "app_id",
+        "slug", "jwk", "setup_url", "account"?}`; or suspend an installation:
+        `{"suspend_installation": ID}`."""
+        try:
+            spec = json.loads(await request.body())
+            if "suspend_installation" in spec:
+                found = self.github_apps.suspend(int(spec["suspend_installation"]))
+                return JSONResponse({"suspended": found}, 200 if found else 404)
+            if str(spec["provider"]) not in self.catalog:
+                return JSONResponse({"error": "unknown provider"}, 400)
+            return JSONResponse(self.github_apps.register(spec))
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad app: {exc}"}, 400)
+
+    async def admin_revoke_key(self, request: Request) -> Response:
+        """Revoke a demo key, as a person would at the provider: `{"provider", "key"}`."""
+        try:
+            spec = json.loads(await request.body())
+            provider, key = str(spec["provider"]), str(spec["key"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad key: {exc}"}, 400)
+        if provider not in self.catalog:
+            return JSONResponse({"error": "unknown provider"}, 400)
+        self.keys.revoke(provider, key)
+        return JSONResponse({"revoked": True})
+
     # --- routing -------------------------------------------------------------------------
 
     async def dispatch(self, request: Request) -> Response:
@@ -249,14 +331,33 @@ class _Emulator:
                 await asyncio.sleep(fault.delay_seconds)
             if fault.status is not None:
                 return _fault_response(fault)
+        if provider.auth_mode in KEY_MODES:
+            return self.verify_key(request, provider)
         dialect = dialect_for(provider)
+        if provider.auth_mode == "github_app":
+            return self.github_app(request, provider, dialect, route.endpoint, path)
         if route.endpoint == "authorize":
             return await self.authorize(request, provider)
         if route.endpoint == "token":
             return await self.token(request, provider, dialect)
         if route.endpoint == "userinfo":
             return await self.userinfo(request, provider, dialect)
+        if route.learned is not None:
+            return await self.learn(request, provider, dialect, route.learned)
         return await self.revoke(request, provider, dialect, match.groupdict().get("client_id"))
+
+    def github_app(
+        self, request: Request, provider: Provider, dialect: Dialect, endpoint: str, path: str
+    ) -> Response:
+        apps = self.github_apps
+        if endpoint == "authorize":
+            return apps.install(request, provider)
+        if endpoint == "token":
+            return apps.access_token(request, provider, path)
+        if endpoint == "userinfo":
+            return apps.installation(request, provider, path)
+        token = dialect.bearer_token(request.headers.get("authorization", ""))
+        return apps.revoke(request, provider, token)
 
     # --- consent -------------------------------------------------------------------------
 
@@ -289,6 +390,11 @@ class _Emulator:
         state = params.get("state")
 
         def back(**result: str | None) -> Response:
+            if "code" in result:
+                # Values the catalog learns from the callback (QuickBooks' realmId).
+                for value in provider.learn:
+                    if value.source == "callback":
+                        result[value.path] = learned_value(value.name)
             return RedirectResponse(_with_query(redirect_uri, {**result, "state": state}), 302)
 
         if params.get("response_type") != "code":
@@ -341,14 +447,20 @@ class _Emulator:
     async def token(self, request: Request, provider: Provider, dialect: Dialect) -> Response:
         if request.method != "POST":
             return _method_not_allowed("POST")
-        form = await request.form()
         try:
+            form = await _token_request_body(request, provider)
+            if provider.auth_mode == "jwt_bearer":
+                return self._service_account_token(provider, dialect, form, request)
             client_id, client_secret = self._authenticate(request, provider, form, strict=True)
             grant_type = _form_value(form, "grant_type") or dialect.default_grant_type
             if grant_type == "authorization_code":
+                _check_extra_params(form, provider.token_params, "token_params")
                 issued = self._exchange(provider, dialect, form, client_id)
             elif grant_type == "refresh_token":
+                _check_extra_params(form, provider.refresh_params, "refresh_params")
                 issued = self._refresh(provider, dialect, form, client_id)
+            elif grant_type == "client_credentials" and provider.auth_mode in MACHINE_MODES:
+                issued = self._client_token(provider, dialect, form, client_id)
             else:
                 raise _OAuthError(
                     "unsupported_grant_type",
@@ -362,7 +474,13 @@ class _Emulator:
         return dialect.token_answer(dialect.token_body(issued, ctx), request.headers)
 
     def _authenticate(
-        self, request: Request, provider: Provider, form: FormData, *, strict: bool
+        self,
+        request: Request,
+        provider: Provider,
+        form: FormData,
+        *,
+        strict: bool,
+        method: str | None = None,
     ) -> tuple[str, str]:
         """Check the client's credentials, sent the way the catalog says (strict) or either
         standard way (revocation: Authlib defaults to Basic there)."""
@@ -372,9 +490,30 @@ class _Emulator:
         basic = _basic_credentials(request)
         body_id = _form_value(form, "client_id")
         body_secret = _form_value(form, "client_secret")
-        method = provider.token_auth_method
+        method = method or provider.token_auth_method
         if not strict:
             method = "client_secret_basic" if basic else "client_secret_post"
+        if method == "private_key_jwt":
+            # RFC 7523 §2.2: no secret; a JWT signed with the client's private key, checked
+            # against the public part registered with `/_admin/public-keys`.
+            if basic is not None or body_secret is not None:
+                raise _OAuthError("invalid_client", "Send a client assertion, no secret.", 401)
+            if _form_value(form, "client_assertion_type") != CLIENT_ASSERTION_TYPE:
+                raise _OAuthError(
+                    "invalid_client", f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}.", 401
+                )
+            if body_id is not None and not _same(body_id, client[0]):
+                raise _OAuthError("invalid_client", "client_id differs from the assertion.", 401)
+            try:
+                self.public_keys.verify_client_assertion(
+                    provider,
+                    _form_value(form, "client_assertion") or "",
+                    provider.token_url,
+                    client[0],
+                )
+            except AssertionRefused as exc:
+                raise _OAuthError("invalid_client", str(exc), 401) from None
+            return client
         if method == "client_secret_basic":
             if basic is None:
                 raise _OAuthError(
@@ -414,10 +553,92 @@ class _Emulator:
             raise _OAuthError("invalid_client", "Client authentication failed.", 401)
         return client
 
+    def _service_account_token(
+        self, provider: Provider, dialect: Dialect, form: FormData, request: Request
+    ) -> Response:
+        """RFC 7523 §2.1 as Google's token endpoint plays it: the assertion's signature is
+        checked against the public key registered for its `iss` (`/_admin/public-keys`),
+        its `aud` must be this token URL, its `exp` in the future and at most an hour on. A
+        `sub` (domain-wide delegation) must be a user of the domain the account was granted
+        delegation in; the token then acts as that user (the grant remembers it)."""
+        try:
+            if _form_value(form, "grant_type") != JWT_BEARER_GRANT:
+                raise _OAuthError("unsupported_grant_type", "Use the jwt-bearer grant.")
+            claims = self.public_keys.verify(
+                provider, _form_value(form, "assertion") or "", provider.token_url
+            )
+            subject = claims.get("sub")
+            if subject is not None and (
+                not isinstance(subject, str)
+                or not self.public_keys.may_act_as(provider.name, str(claims["iss"]), subject)
+            ):
+                # Not in Google's docs: the 401 and its words as clients report them
+                # (https://docs.n8n.io/integrations/builtin/trigger-nodes/n8n-nodes-base.gmailtrigger/common-issues/).
+                raise _OAuthError(
+                    "unauthorized_client",
+                    "Client is unauthorized to retrieve access tokens using this method, or "
+                    "client not authorized for any of the scopes requested.",
+                    401,
+                )
+            scopes = self._requested_scopes(provider, str(claims.get("scope") or "") or None)
+            access_token = dialect.new_access_token()
+            lifetime = self._lifetime(provider)
+            self.state.issue_client_token(
+                provider=provider.name,
+                client_id=str(claims["iss"]),
+                scopes=scopes,
+                access_token=access_token,
+                lifetime=lifetime,
+                subject=subject,
+            )
+        except _OAuthError as exc:
+            return dialect.token_error(exc.error, exc.description, exc.status, request.headers)
+        except AssertionRefused as exc:
+            return dialect.token_error("invalid_grant", str(exc), 400, request.headers)
+        issued = Issued(access_token, None, lifetime, scopes, False)
+        ctx = TokenContext(provider, self.base_url, str(claims["iss"]), "")
+        return dialect.token_answer(dialect.token_body(issued, ctx), request.headers)
+
+    def _client_token(
+        self, provider: Provider, dialect: Dialect, form: FormData, client_id: str
+    ) -> Issued:
+        requested = self._requested_scopes(provider, _form_value(form, "scope"))
+        unknown = [s for s in requested if s not in provider.scope_names()]
+        if unknown:
+            raise _OAuthError("invalid_scope", f"Unknown scope {unknown[0]!r}.")
+        for name, value in provider.token_params.items():
+            if _form_value(form, name) != value:
+                raise _OAuthError("invalid_request", f"{name} must be {value!r}.")
+        access_token = dialect.new_access_token()
+        lifetime = self._lifetime(provider)
+        self.state.issue_client_token(
+            provider=provider.name,
+            client_id=client_id,
+            scopes=requested,
+            access_token=access_token,
+            lifetime=lifetime,
+        )
+        return Issued(
+            access_token=access_token,
+            refresh_token=None,
+            expires_in=lifetime,
+            scopes=requested,
+            refreshed=False,
+        )
+
     def _lifetime(self, provider: Provider) -> int | None:
+        """The `expires_in` the answer carries."""
         if provider.access_token_lifetime is None:
             return None
         return self.token_ttl or provider.access_token_lifetime
+
+    def _stored_lifetime(self, provider: Provider, dialect: Dialect) -> int | None:
+        """How long the token really lives: `expires_in`, or a session timeout the answer
+        does not tell (Salesforce), shortened by the token TTL like any expiring token."""
+        lifetime = self._lifetime(provider)
+        if lifetime is None and dialect.session_lifetime is not None:
+            return self.token_ttl or dialect.session_lifetime
+        return lifetime
 
     def _exchange(
         self, provider: Provider, dialect: Dialect, form: FormData, client_id: str
@@ -435,6 +656,7 @@ class _Emulator:
             return refresh[0]
 
         lifetime = self._lifetime(provider)
+        stored = self._stored_lifetime(provider, dialect)
         grant = self.state.exchange_code(
             provider=provider.name,
             code=code,
@@ -443,7 +665,9 @@ class _Emulator:
             code_verifier=_form_value(form, "code_verifier"),
             access_token=access_token,
             refresh_token=make_refresh,
-            lifetime=lifetime,
+            lifetime=stored,
+            refresh_lifetime=dialect.refresh_lifetime,
+            max_grants_per_scopes=dialect.max_grants_per_scopes,
         )
         return Issued(
             access_token=access_token,
@@ -468,7 +692,8 @@ class _Emulator:
             style=provider.refresh_token,
             access_token=access_token,
             new_refresh_token=dialect.new_refresh_token,
-            lifetime=lifetime,
+            lifetime=self._stored_lifetime(provider, dialect),
+            refresh_lifetime=dialect.refresh_lifetime,
         )
         if (
             handed_back == refresh_token
@@ -508,16 +733,44 @@ class _Emulator:
             response.headers["X-OAuth-Scopes"] = ", ".join(grant.scopes)
         return response
 
+    async def learn(
+        self, request: Request, provider: Provider, dialect: Dialect, learned: LearnedValue
+    ) -> Response:
+        """A learn URL (Atlassian's accessible-resources): read with the access token."""
+        if request.method != "GET":
+            return _method_not_allowed("GET")
+        token = _userinfo_token(provider, dialect, request)
+        if not token or self.state.live_grant(provider.name, token, api=True) is None:
+            return dialect.unauthorized()
+        ctx = TokenContext(provider, self.base_url, *self.clients.get(provider.name, ("", "")))
+        return JSONResponse(dialect.learn_answer(ctx, learned.path, learned.name))
+
     # --- the API calls the examples make (api_endpoints) ---------------------------------
+
+    def verify_key(self, request: Request, provider: Provider) -> Response:
+        """A key-based provider's verification endpoint (OpenAI's `GET /v1/models`)."""
+        presented = presented_key(provider, request)
+        if not self.keys.accepts(provider, presented):
+            self.state.count(provider.name, "keys_refused")
+            return refusal(provider)
+        self.state.count(provider.name, "keys_verified")
+        return JSONResponse(account_answer(provider, presented[0] if presented else None))
 
     async def api_call(self, request: Request, provider: Provider, rest: str) -> Response:
         host, _, path = rest.partition("/")
+        if provider.auth_mode in KEY_MODES and not self.keys.accepts(
+            provider, presented_key(provider, request)
+        ):
+            self.state.count(provider.name, "keys_refused")
+            return refusal(provider)
         found = find_endpoint(provider.name, request.method, host, "/" + path)
         if found is None or not provider.builtin:
             return _not_found(f"{provider.display_name} (emulated) has no endpoint /{rest}.")
         endpoint, path_params = found
         dialect = dialect_for(provider)
-        token = dialect.bearer_token(request.headers.get("authorization", ""))
+        token = _proxy_token(provider, request) or dialect.bearer_token(
+            request.headers.get("authorization", "")
+        )
         grant = self.state.live_grant(provider.name, token, api=True) if token else None
         if grant is None:
             if not token:
@@ -533,6 +786,7 @@ class _Emulator:
                 headers=request.headers,
                 scopes=grant.scopes,
                 host_url=f"{self.base_url}/{provider.name}/{host}",
+                subject=grant.subject,
             )
         )
         return JSONResponse(answer.body, answer.status, headers=dict(answer.headers))
@@ -546,7 +800,13 @@ class _Emulator:
             return await self._revoke_github(request, provider, path_client_id)
         if request.method != "POST":
             return _method_not_allowed("POST")
-        form = await request.form()
+        try:
+            # RFC 7009 revocations are encoded like the token requests (Notion: JSON).
+            form = await _token_request_body(request, provider)
+        except _OAuthError as exc:
+            return JSONResponse(
+                {"error": exc.error, "error_description": exc.description}, exc.status
+            )
         if provider.revoke_style == "stripe":
             return self._revoke_stripe(request, provider, dialect, form)
         if provider.revoke_style == "bearer":
@@ -558,8 +818,12 @@ class _Emulator:
                 return dialect.unauthorized()
             return JSONResponse(None)
         # RFC 7009: authenticate the client, revoke, and answer 200 even for unknown tokens.
+        # Either standard way, unless the catalog names one for revocation (Calendly).
         try:
-            client_id, _ = self._authenticate(request, provider, form, strict=False)
+            strict = provider.revoke_auth_method is not None
+            client_id, _ = self._authenticate(
+                request, provider, form, strict=strict, method=provider.revoke_auth_method
+            )
             token = _form_value(form, "token")
             if not token:
                 raise _OAuthError("invalid_request", "token is missing.")
@@ -644,7 +908,12 @@ class _Emulator:
 
 def _userinfo_token(provider: Provider, dialect: Dialect, request: Request) -> str | None:
     """The access token where the catalog's `userinfo_headers` put it (Shopify's own header,
-    Mailchimp's `OAuth` scheme), else the Bearer; None when a fixed header is missing."""
+    Mailchimp's `OAuth` scheme), else the Bearer; None when a fixed header is missing. The
+    way the proxy sends it (`proxy_auth_header`, its fixed `proxy_headers`) works too, as
+    the who-am-I URL is an API URL like any other."""
+    via_proxy = _proxy_token(provider, request)
+    if via_proxy is not None:
+        return via_proxy
     token = None
     for header, template in provider.userinfo_headers.items():
         sent = request.headers.get(header)
@@ -659,6 +928,53 @@ def _userinfo_token(provider: Provider, dialect: Dialect, request: Request) -> s
     if any(ACCESS_TOKEN in t for t in provider.userinfo_headers.values()):
         return token
     return dialect.bearer_token(request.headers.get("authorization", ""))
+
+
+def _proxy_token(provider: Provider, request: Request) -> str | None:
+    """The token of a call made the way the catalog's proxy settings say, every fixed proxy
+    header present (an API version the real API would insist on); else None."""
+    if provider.proxy_auth_header == "Authorization" and provider.proxy_auth_scheme == "Bearer":
+        return None
+    sent = request.headers.get(provider.proxy_auth_header)
+    if sent is None:
+        return None
+    scheme = provider.proxy_auth_scheme
+    if scheme:
+        given, _, sent = sent.partition(" ")
+        if given.lower() != scheme.lower():
+            return None
+    for header in provider.proxy_headers:
+        if not request.headers.get(header):
+            return None
+    return sent.strip() or None
+
+
+async def _token_request_body(request: Request, provider: Provider) -> FormData:
+    """The token request's fields: a form, or a JSON object where the catalog says so."""
+    content_type = request.headers.get("content-type", "")
+    if provider.token_body_format == "form":  # noqa: S105 (an encoding, not a secret)
+        if "application/json" in content_type:
+            raise _OAuthError("invalid_request", "Send the token request as a form.")
+        return await request.form()
+    if "application/json" not in content_type:
+        raise _OAuthError(
+            "invalid_request", f"{provider.display_name} expects a JSON token request."
+        )
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+        raise _OAuthError("invalid_request", "The body must be a JSON object of strings.")
+    return FormData(list(body.items()))
+
+
+def _check_extra_params(form: FormData, params: Mapping[str, str], field: str) -> None:
+    # The provider's own parameters (Shopify's expiring=1) must come as the catalog says.
+    for name, template in params.items():
+        given = _form_value(form, name)
+        if given is None or ("{" not in template and given != template):
+            raise _OAuthError("invalid_request", f"{name} is missing or wrong ({field}).")
 
 
 def _not_found(message: str) -> Response:

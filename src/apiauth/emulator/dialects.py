@@ -21,6 +21,7 @@ from urllib.parse import urlencode
 
 from starlette.responses import JSONResponse, Response
 
+from apiauth.emulator.state import RefreshLifetime
 from apiauth.providers import Provider
 
 __all__ = ["Dialect", "Issued", "TokenContext", "dialect_for"]
@@ -58,6 +59,13 @@ class Dialect:
     echo_reusable_refresh_token = False
     #: The grant_type assumed when a token request leaves it out (RFC 6749 requires it).
     default_grant_type: str | None = None
+    #: How long access tokens live when the catalog says they do not expire because the
+    #: answer has no `expires_in` (Salesforce's session timeout); None: forever.
+    session_lifetime: int | None = None
+    #: How long refresh tokens live; None: until revoked.
+    refresh_lifetime: RefreshLifetime | None = None
+    #: Live grants per client and scopes beyond which the oldest is revoked (GitHub).
+    max_grants_per_scopes: int | None = None
 
     def new_access_token(self) -> str:
         return secrets.token_urlsafe(32)
@@ -75,6 +83,9 @@ class Dialect:
         if issued.refresh_token is not None:
             body["refresh_token"] = issued.refresh_token
         body["scope"] = ctx.provider.granted_scope_separator.join(issued.scopes)
+        for learned in ctx.provider.learn:
+            if learned.source == "token" and not issued.refreshed:
+                _put(body, learned.path, learned_value(learned.name))
         path = ctx.provider.token_response_path
         if path and not issued.refreshed:
             # Slack's oauth.v2.access: the user's token inside `authed_user`, next to `ok`.
@@ -111,6 +122,21 @@ class Dialect:
             _put(body, ctx.provider.account_id_field, f"{name}-demo-user")
         if ctx.provider.account_login_field:
             _put(body, ctx.provider.account_login_field, f"demo@{name}.example")
+        for learned in ctx.provider.learn:
+            if learned.source == "userinfo":
+                _put(body, learned.path, learned_value(learned.name))
+        return body
+
+    def learn_answer(self, ctx: TokenContext, path: str, name: str) -> Any:
+        """What a learn URL (Atlassian's accessible-resources) answers: the value at `path`
+        (`0.id`: the first item of a list), beside a name as real answers have."""
+        first, _, rest = path.partition(".")
+        if first.isdigit():
+            item: dict[str, Any] = {"name": f"{ctx.provider.display_name} demo"}
+            _put(item, rest or "id", learned_value(name))
+            return [item]
+        body: dict[str, Any] = {}
+        _put(body, path, learned_value(name))
         return body
 
     def unauthorized(self) -> Response:
@@ -119,6 +145,11 @@ class Dialect:
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+
+
+def learned_value(name: str) -> str:
+    """The emulator's value of a learned field (URL-safe, like a realm id or a data centre)."""
+    return "emu-" + name.replace("_", "-")
 
 
 def _put(body: dict[str, Any], path: str, value: str) -> None:
@@ -142,6 +173,10 @@ class GitHub(Dialect):
     }
     # GitHub's documented code exchange has no grant_type parameter.
     default_grant_type = "authorization_code"
+    # "There is a limit of ten tokens that are issued per user/application/scope combination
+    # ... the oldest token with the same user/application/scope combination will be revoked"
+    # (the page above, "Creating multiple tokens for OAuth apps").
+    max_grants_per_scopes = 10
 
     def new_access_token(self) -> str:
         return "gho_" + _random(_ALNUM, 36)
@@ -205,10 +240,44 @@ class GitHub(Dialect):
         )
 
 
+class GitHubAppUser(GitHub):
+    # https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-github-app/refreshing-user-access-tokens:
+    # `expires_in` 28800, a `refresh_token` with `refresh_token_expires_in` 15897600 (six
+    # months, each new one), and a refused refresh token is `bad_refresh_token`.
+    _ERRORS = {**GitHub._ERRORS}
+    refresh_lifetime = RefreshLifetime(15_897_600)
+
+    def new_access_token(self) -> str:
+        return "ghu_" + _random(_ALNUM, 36)
+
+    def new_refresh_token(self) -> str:
+        return "ghr_" + _random(_ALNUM, 76)
+
+    def token_body(self, issued: Issued, ctx: TokenContext) -> dict[str, Any]:
+        body: dict[str, Any] = {"access_token": issued.access_token}
+        if issued.expires_in is not None:
+            body["expires_in"] = issued.expires_in
+        if issued.refresh_token is not None:
+            body["refresh_token"] = issued.refresh_token
+            body["refresh_token_expires_in"] = self.refresh_lifetime.seconds
+        body |= {"scope": "", "token_type": "bearer"}
+        return body
+
+    def token_error(
+        self, error: str, description: str, status: int, headers: Mapping[str, str]
+    ) -> Response:
+        if error == "invalid_grant" and "refresh token" in description.lower():
+            error = "bad_refresh_token"
+        return super().token_error(error, description, status, headers)
+
+
 class Salesforce(Dialect):
     # https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_web_server_flow.htm
     ORG_ID = "00D5g00000EmuLaT"
     USER_ID = "0055g00000DemoUsr"
+    # The org's session timeout, 2 hours by default; the answer carries no expires_in, so
+    # apiauth learns of it from a 401 (the web server flow page in the catalog entry).
+    session_lifetime = 7200
 
     def new_access_token(self) -> str:
         return f"{self.ORG_ID[:15]}!" + _random(_ALNUM + "._", 96)
@@ -217,8 +286,9 @@ class Salesforce(Dialect):
         return "5Aep861" + _random(_ALNUM + "._", 80)
 
     def issues_refresh_token(self, provider: Provider, scopes: tuple[str, ...]) -> bool:
-        # Only with the refresh_token (alias offline_access) scope.
-        return bool({"refresh_token", "offline_access", "full"} & set(scopes))
+        # Only with the refresh_token (alias offline_access) scope; `full` does not include it
+        # (https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_tokens_scopes.htm&type=5).
+        return bool({"refresh_token", "offline_access"} & set(scopes))
 
     def _identity_url(self, ctx: TokenContext) -> str:
         return f"{ctx.base_url}/salesforce/login.salesforce.com/id/{self.ORG_ID}/{self.USER_ID}"
@@ -263,6 +333,10 @@ class Salesforce(Dialect):
 
 class Spotify(Dialect):
     # https://developer.spotify.com/documentation/web-api/tutorials/code-flow
+    # Refresh tokens expire 6 months after the original authorization; refreshing does not
+    # extend that (https://developer.spotify.com/blog/2026-06-18-refresh-token-expiration).
+    refresh_lifetime = RefreshLifetime(183 * 86400, from_consent=True)
+
     def new_access_token(self) -> str:
         return "BQ" + _random(_ALNUM + "-_", 150)
 
@@ -347,7 +421,10 @@ class Stripe(Dialect):
 
 class Box(Dialect):
     # https://developer.box.com/reference/post-oauth2-token/: no scope in the answer,
-    # `restricted_to`, and a new refresh token every time.
+    # `restricted_to`, and a new refresh token every time, each valid for 60 days
+    # (https://developer.box.com/guides/authentication/tokens/refresh/).
+    refresh_lifetime = RefreshLifetime(60 * 86400)
+
     def new_access_token(self) -> str:
         return _random(_ALNUM, 32)
 
@@ -416,6 +493,8 @@ class Contentful(Dialect):
 
 _BUILTIN: dict[str, Dialect] = {
     "github": GitHub(),
+    "github-app": GitHub(),
+    "github-app-user": GitHubAppUser(),
     "salesforce": Salesforce(),
     "spotify": Spotify(),
     "stripe": Stripe(),

@@ -18,7 +18,15 @@ from typing import Any
 
 from apiauth.providers import RefreshTokenStyle
 
-__all__ = ["STAT_NAMES", "AuthorizationCode", "EmulatorState", "Fault", "Grant", "GrantError"]
+__all__ = [
+    "STAT_NAMES",
+    "AuthorizationCode",
+    "EmulatorState",
+    "Fault",
+    "Grant",
+    "GrantError",
+    "RefreshLifetime",
+]
 
 STAT_NAMES = (
     "authorizations",
@@ -31,6 +39,9 @@ STAT_NAMES = (
     "faults_served",
     "api_calls",
     "api_rejected",
+    "keys_verified",
+    "keys_refused",
+    "client_tokens",
 )
 
 CODE_LIFETIME = 600.0
@@ -55,6 +66,10 @@ class Grant:
     scopes: tuple[str, ...]
     revoked: bool = False
     refreshes: int = 0
+    created_at: float = 0.0
+    #: A service account's delegated user (the assertion's `sub`), None when it acts as
+    #: itself.
+    subject: str | None = None
 
 
 @dataclass
@@ -78,6 +93,17 @@ class _AccessToken:
 class _RefreshToken:
     grant: Grant
     spent: bool = False
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RefreshLifetime:
+    """How long a provider's refresh tokens live: `seconds` from their own issue (Box: each
+    new one 60 days), or from the consent when `from_consent` (Spotify: 6 months after the
+    authorization, however often refreshed)."""
+
+    seconds: int
+    from_consent: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,7 +135,9 @@ class EmulatorState:
     def __init__(self, providers: Iterable[str], clock: Callable[[], float] = time.monotonic):
         self._providers = tuple(providers)
         self._clock = clock
+        self._offset = 0.0
         self._lock = threading.Lock()
+        self._grants: list[Grant] = []
         self._ids = itertools.count(1)
         self._codes: dict[str, AuthorizationCode] = {}
         self._access: dict[str, _AccessToken] = {}
@@ -120,8 +148,24 @@ class EmulatorState:
         self._faults: dict[tuple[str, str], list[Fault]] = {}
         self.reset()
 
+    def _now(self) -> float:
+        return self._clock() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's clock on (`POST /_admin/clock`): tokens, codes and refresh
+        tokens age as if that much time had passed, without a test waiting for it."""
+        with self._lock:
+            self._offset += seconds
+
+    def offset(self) -> float:
+        """How far `advance` moved the clock: wall-clock checks (a GitHub App's JWT) add it."""
+        with self._lock:
+            return self._offset
+
     def reset(self) -> None:
         with self._lock:
+            self._offset = 0.0
+            self._grants.clear()
             self._codes.clear()
             self._access.clear()
             self._refresh.clear()
@@ -174,7 +218,7 @@ class EmulatorState:
                 redirect_uri=redirect_uri,
                 scopes=scopes,
                 code_challenge=code_challenge,
-                expires_at=self._clock() + CODE_LIFETIME,
+                expires_at=self._now() + CODE_LIFETIME,
             )
             self._count(provider, "authorizations")
         return code
@@ -190,9 +234,13 @@ class EmulatorState:
         access_token: str,
         refresh_token: Callable[[tuple[str, ...]], str | None],
         lifetime: int | None,
+        refresh_lifetime: RefreshLifetime | None = None,
+        max_grants_per_scopes: int | None = None,
     ) -> Grant:
         """Spend `code` and store the tokens issued for it; `refresh_token(scopes)` makes the
-        refresh token, or None when this grant gets none."""
+        refresh token, or None when this grant gets none. With `max_grants_per_scopes`, the
+        oldest live grants of the same client and scopes beyond that many are revoked
+        (GitHub's ten tokens per user, app and scopes)."""
         with self._lock:
             found = self._codes.get(code)
             if found is None or found.provider != provider:
@@ -200,7 +248,7 @@ class EmulatorState:
             if found.used:
                 raise GrantError("invalid_grant", "The authorization code was already used.")
             found.used = True
-            if self._clock() >= found.expires_at:
+            if self._now() >= found.expires_at:
                 raise GrantError("invalid_grant", "The authorization code has expired.")
             if found.client_id != client_id:
                 raise GrantError("invalid_grant", "The code was issued to another client.")
@@ -217,18 +265,62 @@ class EmulatorState:
                 raise GrantError("invalid_grant", "code_verifier is required (PKCE).")
             elif not secrets.compare_digest(s256(code_verifier), found.code_challenge):
                 raise GrantError("invalid_grant", "code_verifier does not match code_challenge.")
-            grant = Grant(next(self._ids), provider, client_id, found.scopes)
+            grant = Grant(
+                next(self._ids), provider, client_id, found.scopes, created_at=self._now()
+            )
+            if max_grants_per_scopes is not None:
+                same = [
+                    g
+                    for g in self._grants
+                    if (g.provider, g.client_id, set(g.scopes))
+                    == (provider, client_id, set(grant.scopes))
+                    and not g.revoked
+                ]
+                for old in same[: max(0, len(same) - max_grants_per_scopes + 1)]:
+                    old.revoked = True
+            self._grants.append(grant)
             self._store_access(grant, access_token, lifetime)
             new_refresh = refresh_token(found.scopes)
             if new_refresh is not None:
-                self._refresh[new_refresh] = _RefreshToken(grant)
+                self._refresh[new_refresh] = self._new_refresh(grant, refresh_lifetime)
             self._count(provider, "token_exchanges")
             return grant
+
+    def issue_client_token(
+        self,
+        *,
+        provider: str,
+        client_id: str,
+        scopes: tuple[str, ...],
+        access_token: str,
+        lifetime: int | None,
+        subject: str | None = None,
+    ) -> Grant:
+        """A client-credentials grant (RFC 6749 §4.4): a token for the client itself, or
+        (a service account's, with `subject`) for the user it acts as by delegation."""
+        with self._lock:
+            grant = Grant(
+                next(self._ids),
+                provider,
+                client_id,
+                scopes,
+                created_at=self._now(),
+                subject=subject,
+            )
+            self._store_access(grant, access_token, lifetime)
+            self._count(provider, "client_tokens")
+            return grant
+
+    def _new_refresh(self, grant: Grant, lifetime: RefreshLifetime | None) -> _RefreshToken:
+        if lifetime is None:
+            return _RefreshToken(grant)
+        start = grant.created_at if lifetime.from_consent else self._now()
+        return _RefreshToken(grant, expires_at=start + lifetime.seconds)
 
     # --- tokens --------------------------------------------------------------------------
 
     def _store_access(self, grant: Grant, token: str, lifetime: int | None) -> None:
-        expires_at = None if lifetime is None else self._clock() + lifetime
+        expires_at = None if lifetime is None else self._now() + lifetime
         self._access[token] = _AccessToken(grant, expires_at)
 
     def refresh(
@@ -241,6 +333,7 @@ class EmulatorState:
         access_token: str,
         new_refresh_token: Callable[[], str],
         lifetime: int | None,
+        refresh_lifetime: RefreshLifetime | None = None,
     ) -> tuple[Grant, str | None]:
         """Use a refresh token; returns the grant and the refresh token to hand back, which
         is a new one when the provider rotates, the same one when reusable, None when the
@@ -257,19 +350,21 @@ class EmulatorState:
             if found.spent:
                 self._count(provider, "refresh_token_reuse")
                 raise GrantError("invalid_grant", "The refresh token has already been used.")
+            if found.expires_at is not None and self._now() >= found.expires_at:
+                raise GrantError("invalid_grant", "The refresh token has expired.")
             grant.refreshes += 1
             handed_back: str | None = refresh_token
             if style == "rotating":
                 found.spent = True
                 handed_back = new_refresh_token()
-                self._refresh[handed_back] = _RefreshToken(grant)
+                self._refresh[handed_back] = self._new_refresh(grant, refresh_lifetime)
             elif style == "may_rotate":
                 # Spotify "may" return a new refresh token; do it every other time so clients
                 # meet both answers. The old one keeps working, as Spotify's does.
                 handed_back = None
                 if grant.refreshes % 2 == 0:
                     handed_back = new_refresh_token()
-                    self._refresh[handed_back] = _RefreshToken(grant)
+                    self._refresh[handed_back] = self._new_refresh(grant, refresh_lifetime)
             self._store_access(grant, access_token, lifetime)
             self._count(provider, "refreshes")
             return grant, handed_back
@@ -282,7 +377,7 @@ class EmulatorState:
         with self._lock:
             count = 0
             for token in refresh_tokens:
-                grant = Grant(next(self._ids), provider, client_id, scopes)
+                grant = Grant(next(self._ids), provider, client_id, scopes, created_at=self._now())
                 self._refresh[token] = _RefreshToken(grant)
                 count += 1
             return count
@@ -296,13 +391,23 @@ class EmulatorState:
                 found is not None
                 and found.grant.provider == provider
                 and not found.grant.revoked
-                and (found.expires_at is None or self._clock() < found.expires_at)
+                and (found.expires_at is None or self._now() < found.expires_at)
             )
             if api:
                 self._count(provider, "api_calls" if ok else "api_rejected")
             else:
                 self._count(provider, "userinfo_ok" if ok else "userinfo_rejected")
             return found.grant if ok and found is not None else None
+
+    def grant_of(self, provider: str, token: str) -> Grant | None:
+        """The live grant of an issued access token, uncounted (a self-revocation)."""
+        with self._lock:
+            found = self._access.get(token)
+            if found is None or found.grant.provider != provider or found.grant.revoked:
+                return None
+            if found.expires_at is not None and self._now() >= found.expires_at:
+                return None
+            return found.grant
 
     def revoke_token(self, provider: str, client_id: str, token: str) -> bool:
         """Revoke the grant an access or refresh token belongs to; False if none matched."""

@@ -1,5 +1,7 @@
-"""A person at a provider's consent page, played over real HTTP: open the authorize URL, read
-the form, untick what they would untick, press a button, and follow the way back."""
+"""A person at a provider's consent page, played over real HTTP: open the authorize URL
+(pressing Continue on apiauth's own page first when the flow was started from the API or the
+CLI), read the form, untick what they would untick, press a button, and follow the way
+back. The `httpx.Client` is the person's browser: its cookies carry the flow's binding."""
 
 from __future__ import annotations
 
@@ -36,6 +38,30 @@ class _FormReader(HTMLParser):
             self._button = None
 
 
+CONTINUE_PATH = "/oauth/continue/"
+
+
+def press_continue(http: httpx.Client, continue_url: str) -> httpx.Response:
+    """apiauth's Continue page: read it, press Continue; the answer (a 303 to the provider,
+    or the page saying why not)."""
+    page = http.get(continue_url, headers={"Accept": "text/html"})
+    assert page.status_code == 200, page.text
+    form = _FormReader()
+    form.feed(page.text)
+    assert "Continue" in form.buttons, f"no Continue button; found {sorted(form.buttons)}"
+    return http.post(str(page.url), data=dict(form.fields))
+
+
+def provider_url_of(http: httpx.Client, authorize_url: str) -> str:
+    """The provider's authorize URL of a flow: behind apiauth's Continue page when the flow
+    was started from the API or the CLI (pressing Continue binds it to `http`)."""
+    if CONTINUE_PATH not in authorize_url:
+        return authorize_url
+    answer = press_continue(http, authorize_url)
+    assert answer.status_code == 303, answer.text
+    return answer.headers["location"]
+
+
 def consent(
     http: httpx.Client,
     authorize_url: str,
@@ -44,7 +70,7 @@ def consent(
     untick: Collection[str] = (),
 ) -> httpx.Response:
     """Returns the response of the redirect URI (apiauth's callback) the provider sent to."""
-    page = http.get(authorize_url, headers={"Accept": "text/html"})
+    page = http.get(provider_url_of(http, authorize_url), headers={"Accept": "text/html"})
     assert page.status_code == 200, page.text
     form = _FormReader()
     form.feed(page.text)
@@ -59,3 +85,15 @@ def consent(
     answer = http.post(urljoin(str(page.url), form.action), data=body)
     assert answer.status_code in (302, 303), answer.text
     return http.get(answer.headers["location"], headers={"Accept": "application/json"})
+
+
+FORM_COOKIE = "apiauth_form"
+
+
+def press_connect(http: httpx.Client, link: str, provider: str) -> httpx.Response:
+    """A visitor presses Connect on a connect link's page: the form carries the page's CSRF
+    token (the double-submit cookie the page set). The answer is returned unfollowed."""
+    if not http.cookies.get(FORM_COOKIE):
+        http.get(link, headers={"Accept": "text/html"})
+    token = http.cookies.get(FORM_COOKIE) or ""
+    return http.post(link, data={"provider": provider, "csrf_token": token})

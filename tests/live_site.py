@@ -1,5 +1,6 @@
-"""A site with API Authentication on, on a live test server: connect providers through the
-emulator's consent, read its secrets over HTTP, drive the emulator's faults and stats."""
+"""A site with API Authentication on, on a test server (in-process or live): connect
+providers through the emulator's consent, read its secrets over HTTP, drive the emulator's
+faults and stats."""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ from typing import Any
 
 import httpx
 
-from apiauth.domain import connections, sites
+from apiauth.domain import connect_flow, connections, sites
 from apiauth.domain.members import MemberView, create_member, create_personal_token
-from conftest import LiveServer
-from consent import consent
+from tests.consent import consent
+from tests.in_process import InProcessServer
+from tests.servers import LiveServer
 
 
 class Site:
     """A site with API Authentication on, seen by its owner and by its functions."""
 
-    def __init__(self, server: LiveServer, http: httpx.Client) -> None:
+    def __init__(self, server: LiveServer | InProcessServer, http: httpx.Client) -> None:
         self.server = server
         self.broker = server.broker
         self.http = http
@@ -28,7 +30,7 @@ class Site:
         self.pat = create_personal_token(server.broker, self.owner, "tests")
 
     def connect(self, provider: str) -> None:
-        start = connections.start_connection(self.server.broker, self.owner, "my-site", provider)
+        start = connect_flow.start_connection(self.server.broker, self.owner, "my-site", provider)
         assert consent(self.http, start.authorize_url).status_code == 200
 
     def read(self, provider: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ variable, plus the data dir, database and public URL of the server under test.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -15,19 +16,33 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
-from consent import consent
+from tests.consent import consent
 
 APIAUTH = Path(sys.executable).parent / "apiauth"
-READY_TIMEOUT = 30.0
+# Generous: a loaded 2-core machine can take tens of seconds to start a server; a server
+# that fails exits, and that is seen at once.
+READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 10.0
 CLI_TIMEOUT = 60.0
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
 
 
 def apiauth_env(data_dir: Path, database_url: str | None, port: int) -> dict[str, str]:
@@ -49,6 +64,21 @@ def client_env(url: str, token: str) -> dict[str, str]:
     env["APIAUTH_TOKEN"] = token
     env["APIAUTH_URL"] = url
     return env
+
+
+def run_function(url: str, token: str, script: str) -> Any:
+    """`script` run as a function is (a separate Python with only `APIAUTH_URL` and
+    `APIAUTH_TOKEN`), and the JSON it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=client_env(url, token),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
 
 
 def run_cli(
@@ -85,6 +115,7 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
         self.extra_args: list[str] = []
+        self.ready_timeout = READY_TIMEOUT
 
     def start(self) -> None:
         if self.process is not None:
@@ -105,7 +136,7 @@ class ServerProcess:
 
     def _wait_ready(self) -> None:
         assert self.process is not None
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + self.ready_timeout
         with httpx.Client(timeout=2) as http:
             while True:
                 code = self.process.poll()
@@ -124,7 +155,7 @@ class ServerProcess:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(
-                        f"`apiauth serve` was not ready within {READY_TIMEOUT:g} s; "
+                        f"`apiauth serve` was not ready within {self.ready_timeout:g} s; "
                         f"its stderr:\n{self.log()[-4000:]}"
                     )
                 time.sleep(0.1)
@@ -168,6 +199,45 @@ class ServerProcess:
         for log in self._logs:
             log.close()
         self._logs = []
+
+
+@dataclass(frozen=True)
+class DemoOwner:
+    """A running `serve --demo` whose owner a newcomer made from the command line: `api`
+    calls it with the owner's personal token, `browser` is the owner's browser."""
+
+    server: ServerProcess
+    api: httpx.Client
+    browser: httpx.Client
+
+
+@contextmanager
+def demo_with_owner(workdir: Path, port: int, *, public_url: bool = True) -> Iterator[DemoOwner]:
+    """`apiauth serve --demo --port port` (`public_url=False`: without APIAUTH_PUBLIC_URL),
+    then `apiauth users create` and `apiauth tokens create`, as the README has a newcomer
+    do; stopped afterwards."""
+    server = ServerProcess(workdir, None, port)
+    if not public_url:
+        del server.env["APIAUTH_PUBLIC_URL"]
+    server.start()
+    try:
+        owner = run_cli(
+            ["users", "create", "owner@example.com", "--password-stdin"],
+            server.env,
+            "correct horse\n",
+            cwd=workdir,
+        )
+        assert owner.returncode == 0, owner.stderr
+        pat = run_cli(["tokens", "create"], server.env, cwd=workdir).stdout.strip()
+        with (
+            httpx.Client(
+                base_url=server.url, headers={"Authorization": f"Bearer {pat}"}, timeout=30
+            ) as api,
+            httpx.Client(timeout=30) as browser,
+        ):
+            yield DemoOwner(server, api, browser)
+    finally:
+        server.stop()
 
 
 @dataclass

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from apiauth.domain.broker import Broker
 from apiauth.domain.token_store import CONNECTED, put_token
 from apiauth.oauth.token_set import TokenSet
+from apiauth.providers import AuthMode
 from apiauth.store.db import transaction
 from apiauth.store.models import Connection, new_id
 
@@ -23,16 +24,20 @@ def store_connection(
     refresh_token: str | None = None,
     scopes: Sequence[str] = ("read",),
     visitor_id: str = "",
+    auth_mode: AuthMode = "oauth2",
 ) -> str:
     """A connected `provider` for the site (or one of its visitors) whose token never
-    expires; returns the row id."""
+    expires; returns the row id. A key-based `auth_mode` stores `access_token` as the key
+    (basic: the password, with the username `user-<provider>`)."""
     now = broker.clock()
     token = TokenSet(
         access_token=access_token,
         refresh_token=refresh_token,
-        token_type="bearer",
+        token_type="bearer" if auth_mode == "oauth2" else auth_mode,
         expires_at=None,
         granted_scopes=tuple(scopes),
+        auth_mode=auth_mode,
+        username=f"user-{provider}" if auth_mode == "basic" else None,
     )
     with transaction(broker.sessions) as db:
         connection = Connection(
@@ -40,6 +45,7 @@ def store_connection(
             site_id=site_id,
             visitor_id=visitor_id,
             provider=provider,
+            auth_mode=auth_mode,
             status=CONNECTED,
             requested_scopes=list(scopes),
             granted_scopes=list(scopes),

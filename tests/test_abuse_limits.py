@@ -8,32 +8,30 @@ Single-use and expiring OAuth `state` are checked in tests/test_api.py
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from apiauth.domain import connections, sites
+from apiauth.domain import connect_flow, sites
 from apiauth.domain.members import create_member, create_personal_token
 from apiauth.errors import InvalidInput
 from apiauth.server.rate_limits import SlidingWindow, TokenBucket
-from conftest import LiveServer, running_server
+from tests.in_process import InProcessServer
+
+pytestmark = pytest.mark.fast
 
 EVIL = ["//evil.example", "https://evil.example/", "/\\evil.example", "\\\\evil.example"]
 
 
 @pytest.fixture
-def limited(tmp_path: Path) -> Iterator[LiveServer]:
-    """A server on SQLite with small limits: 5 requests at once per token, 3 OAuth starts."""
-    with running_server(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'apiauth.db'}",
-        rate_limit_per_token=1.0,
-        rate_limit_burst=5,
-        rate_limit_oauth_starts=3,
-    ) as server:
-        yield server
+def app_settings() -> dict[str, object]:
+    """Small limits: 5 requests at once per token, 3 OAuth starts."""
+    return {"rate_limit_per_token": 1.0, "rate_limit_burst": 5, "rate_limit_oauth_starts": 3}
+
+
+@pytest.fixture
+def limited(app: InProcessServer) -> InProcessServer:
+    return app
 
 
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
@@ -59,7 +57,7 @@ def test_sliding_window_counts_events_per_key() -> None:
 
 
 def test_site_and_personal_tokens_are_limited_per_token_with_429_and_retry_after(
-    limited: LiveServer, http: httpx.Client
+    limited: InProcessServer, http: httpx.Client
 ) -> None:
     owner = create_member(limited.broker, "owner@example.com", "correct horse battery")
     sites.create_site(limited.broker, owner, "my-site")
@@ -82,7 +80,7 @@ def test_site_and_personal_tokens_are_limited_per_token_with_429_and_retry_after
 
 
 def test_oauth_starts_are_limited_per_member_and_address(
-    limited: LiveServer, http: httpx.Client
+    limited: InProcessServer, http: httpx.Client
 ) -> None:
     owner = create_member(limited.broker, "owner@example.com", "correct horse battery")
     sites.create_site(limited.broker, owner, "my-site")
@@ -117,23 +115,22 @@ def _sign_in(http: httpx.Client, base: str, next_path: str) -> httpx.Response:
 
 @pytest.mark.parametrize("next_path", EVIL)
 def test_sign_in_never_returns_to_another_site(
-    limited: LiveServer, next_path: str, http: httpx.Client
+    limited: InProcessServer, next_path: str, http: httpx.Client
 ) -> None:
     create_member(limited.broker, "owner@example.com", "correct horse battery")
-    with httpx.Client(timeout=15) as browser:
+    with limited.new_client(timeout=15) as browser:
         answer = _sign_in(browser, limited.url, next_path)
         assert answer.status_code == 303
         assert answer.headers["Location"] == "/"
-    assert _sign_in(httpx.Client(timeout=15), limited.url, "/sites").headers["Location"] == (
-        "/sites"
-    )
+    with limited.new_client(timeout=15) as browser:
+        assert _sign_in(browser, limited.url, "/sites").headers["Location"] == "/sites"
 
 
-def test_a_connection_returns_only_to_a_local_path(limited: LiveServer) -> None:
+def test_a_connection_returns_only_to_a_local_path(limited: InProcessServer) -> None:
     owner = create_member(limited.broker, "owner@example.com", "correct horse battery")
     sites.create_site(limited.broker, owner, "my-site")
     for target in EVIL:
         with pytest.raises(InvalidInput, match="return_to"):
-            connections.start_connection(
+            connect_flow.start_connection(
                 limited.broker, owner, "my-site", "github", return_to=target
             )

@@ -1,6 +1,7 @@
 """The audit log: every change to a site's API Authentication and every read of its secrets
 (which providers, which token id, from where — never a token), newest first, page by page,
-from the API and the command line. Real server, SQLite and PostgreSQL."""
+from the API (the fast tier, in-process) and the command line; a read just before a live
+server shuts down; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from sqlalchemy import select
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView, create_member, create_personal_token
 from apiauth.store.models import AuditEvent
-from conftest import LiveServer, running_server
-from consent import consent
-from processes import apiauth_env, run_cli
+from tests.consent import consent
+from tests.processes import apiauth_env, run_cli
+from tests.servers import LiveServer, running_server
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -58,6 +59,7 @@ def events(http: httpx.Client, api: str, pat: dict[str, str], **params: Any) -> 
     return http.get(f"{api}/sites/my-site/events", params=params, headers=pat)
 
 
+@pytest.mark.fast
 def test_secrets_reads_are_logged_with_providers_token_id_and_ip_but_never_a_token(
     http: httpx.Client, api: str, pat: dict[str, str]
 ) -> None:
@@ -110,6 +112,7 @@ def mint(http: httpx.Client, api: str, site_token: str) -> str:
     return token
 
 
+@pytest.mark.fast
 def test_repeated_reads_are_counted_in_one_event_per_second(
     http: httpx.Client, api: str, pat: dict[str, str]
 ) -> None:
@@ -135,6 +138,7 @@ def test_repeated_reads_are_counted_in_one_event_per_second(
     assert sorted(counts) == [1, 1, 5]
 
 
+@pytest.mark.fast
 def test_events_page_newest_first_without_gaps_or_repeats(
     http: httpx.Client, api: str, pat: dict[str, str]
 ) -> None:
@@ -169,6 +173,7 @@ def test_events_page_newest_first_without_gaps_or_repeats(
     assert len(events(http, api, pat).json()["events"]) == len(all_ids)  # default limit 50
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 201}, {"limit": "x"}, {"before": 0}])
 def test_bad_paging_is_a_clear_422(
     http: httpx.Client, api: str, pat: dict[str, str], params: dict[str, Any]
@@ -179,6 +184,7 @@ def test_bad_paging_is_a_clear_422(
     assert answer.json()["error"]["message"]
 
 
+@pytest.mark.fast
 def test_another_teams_site_events_are_a_404(
     broker: Broker, http: httpx.Client, api: str, pat: dict[str, str]
 ) -> None:

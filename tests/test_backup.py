@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from apiauth.domain import backup, connections, sites
-from apiauth.domain.broker import open_broker
+from apiauth.domain import backup, connect_flow, sites
 from apiauth.domain.members import create_member, create_personal_token
 from apiauth.vault import MasterKey
-from conftest import fresh_postgres_database, make_settings, running_server
-from consent import consent
-from processes import apiauth_env, run_cli
+from tests.consent import consent
+from tests.databases import fresh_postgres_database
+from tests.processes import apiauth_env, run_cli
+from tests.servers import make_settings, open_test_broker, running_server
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_a_backup_restores_into_a_fresh_database_and_serves_the_same_secrets(
         sites.create_site(live.broker, owner, "my-site")
         site_token = sites.enable_api_auth(live.broker, owner, "my-site")
         for provider in ("github", "box", "salesforce"):
-            start = connections.start_connection(live.broker, owner, "my-site", provider)
+            start = connect_flow.start_connection(live.broker, owner, "my-site", provider)
             assert consent(http, start.authorize_url).status_code == 200
         before = _secrets(http, live.url, site_token)
         events_before = http.get(
@@ -77,7 +77,7 @@ def test_a_backup_restores_into_a_fresh_database_and_serves_the_same_secrets(
     tokens = [site_token, pat] + [s["bearer_token"] for s in before.values()]
     for token in tokens:
         assert token.encode() not in raw
-    broker = open_broker(make_settings(source_dir, database_url, 8000, master_key=key))
+    broker = open_test_broker(make_settings(source_dir, database_url, 8000, master_key=key))
     try:
         dump = zlib.decompress(broker.vault.open(raw.split(b"\n", 1)[1], backup.AAD))
     finally:
@@ -121,7 +121,7 @@ def test_a_restore_without_the_master_key_says_which_key_it_needs(tmp_path: Path
     assert "was encrypted with master key" in refused.stderr
     assert "APIAUTH_MASTER_KEY" in refused.stderr
     (tmp_path / "junk").write_bytes(b"hello\n")
-    broker = open_broker(make_settings(tmp_path / "target", source, 8000, master_key=key))
+    broker = open_test_broker(make_settings(tmp_path / "target", source, 8000, master_key=key))
     try:
         with pytest.raises(backup.BackupError, match="is not an apiauth backup"):
             backup.open_backup(broker, tmp_path / "junk")

@@ -11,7 +11,8 @@ import pytest
 
 from apiauth.domain.members import create_member, create_personal_token
 from apiauth.server.limits import MAX_BODY_BYTES
-from conftest import LiveServer, fresh_postgres_database, running_server
+from tests.databases import fresh_postgres_database
+from tests.servers import LiveServer, running_server
 
 
 @pytest.fixture(

@@ -8,6 +8,8 @@ import pytest
 
 from apiauth.providers import Catalog, CatalogError, Provider, emulated_url, load_catalog
 
+pytestmark = pytest.mark.fast
+
 ACME = """
 [providers.acme]
 display_name = "Acme"
@@ -246,7 +248,13 @@ def test_load_catalog_with_an_emulator_moves_every_endpoint(tmp_path: Path) -> N
     )
     assert github.api_base_url == "http://emu.test/_emulator/github/api.github.com"
     assert catalog["salesforce"].userinfo_url == "{instance_url}/services/oauth2/userinfo"
-    assert catalog["acme"].userinfo_url == "http://emu.test/_emulator/acme/api.acme.example/me"
+    # A custom provider is called where its URLs point (SPEC §4) unless it asks for the
+    # emulator.
+    assert catalog["acme"].userinfo_url == "https://api.acme.example/me"
+    emulated = load_catalog(
+        write(tmp_path, ACME + "emulate = true\n"), emulator_url="http://emu.test/_emulator"
+    )
+    assert emulated["acme"].userinfo_url == "http://emu.test/_emulator/acme/api.acme.example/me"
     # Pages meant for people stay where they are.
     assert github.docs_url is not None
     assert github.docs_url.startswith("https://docs.github.com/")

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ if importlib.util.find_spec("apiauth") is None:  # the package is not installed:
 
 import apiauth
 from apiauth import client
+
+pytestmark = pytest.mark.fast
 
 SITE_TOKEN = "apiauth_site_s3cr3tS1teT0kenValue"
 OTHER_TOKEN = "apiauth_fn_an0therSecretFnT0ken"
@@ -154,7 +157,8 @@ def test_the_broker_is_called_with_the_token_and_a_user_agent(configured: FakeBr
 
     assert configured.paths == ["/api/v1/secrets"]
     assert configured.authorizations == [f"Bearer {SITE_TOKEN}"]
-    assert configured.user_agents == [f"apiauth-python/{apiauth.__version__}"]
+    # The version is the installed package's (pyproject.toml), read in one place.
+    assert configured.user_agents == [f"apiauth-python/{version('apiauth')}"]
 
 
 def test_a_provider_that_is_not_connected_is_none_by_attribute(configured: FakeBroker) -> None:

@@ -11,16 +11,17 @@ import pytest
 
 from apiauth.config import Settings
 from apiauth.domain import members, setup, web_sessions
-from apiauth.domain.broker import Broker, open_broker
+from apiauth.domain.broker import Broker
 from apiauth.errors import Conflict, PermissionDenied
 from apiauth.server.dashboard.throttle import LoginThrottle
+from tests.servers import open_test_broker
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
 def store(database_url: str, tmp_path: Path) -> Iterator[Broker]:
-    broker = open_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
+    broker = open_test_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
     yield broker
     broker.close()
 
@@ -90,8 +91,8 @@ def test_sign_in_throttle_counts_failures_per_address_and_email() -> None:
     now = [0.0]
     throttle = LoginThrottle(max_failures=2, window_seconds=60, clock=lambda: now[0])
     for _ in range(2):
-        assert throttle.retry_after("10.0.0.1", "a@example.com") is None
-        throttle.failed("10.0.0.1", "A@example.com")
+        assert throttle.attempt("10.0.0.1", "A@example.com") is None
+    assert throttle.attempt("10.0.0.1", "a@example.com") == 61
     assert throttle.retry_after("10.0.0.1", "a@example.com") == 61
     assert throttle.retry_after("10.0.0.2", "a@example.com") is None
     assert throttle.retry_after("10.0.0.1", "b@example.com") is None

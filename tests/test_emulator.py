@@ -21,8 +21,10 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from apiauth.emulator import create_emulator_app, demo_client
-from apiauth.providers import Catalog, Provider, load_catalog
+from apiauth.emulator import create_emulator_app
+from apiauth.providers import Catalog, Provider, demo_client, load_catalog
+
+pytestmark = pytest.mark.fast
 
 BUILTINS = ["github", "salesforce", "spotify", "stripe", "box", "contentful"]
 REDIRECT_URI = "http://127.0.0.1:8000/oauth/callback"
@@ -38,6 +40,7 @@ access_token_lifetime = 600
 scopes = [{ name = "read", description = "Read <your> data", default = true }]
 userinfo_url = "https://api.acme.example/me"
 revoke_url = "https://auth.acme.example/revoke"
+emulate = true
 """
 
 
@@ -592,7 +595,7 @@ def test_token_ttl_makes_box_tokens_expire(short_lived: Emulator) -> None:
     client, token = connect(box)
     assert token["expires_in"] == 1
     assert whoami(box, token["access_token"], token).status_code == 200
-    time.sleep(1.5)
+    advance(short_lived, 1.5)  # the emulator's clock, not a sleep
     assert whoami(box, token["access_token"], token).status_code == 401
     refreshed = client.refresh_token(box.token_url, refresh_token=token["refresh_token"])
     assert whoami(box, refreshed["access_token"], token).status_code == 200
@@ -601,3 +604,78 @@ def test_token_ttl_makes_box_tokens_expire(short_lived: Emulator) -> None:
 def test_token_ttl_leaves_tokens_that_never_expire_alone(short_lived: Emulator) -> None:
     _, token = connect(short_lived["github"])
     assert "expires_in" not in token
+
+
+# --- lifetimes and limits the providers document --------------------------------------
+
+
+def advance(emulator: Emulator, seconds: float) -> None:
+    moved = httpx.post(f"{emulator.url}/_admin/clock", json={"advance_seconds": seconds})
+    assert moved.status_code == 200, moved.text
+
+
+def refresh_refused(provider: Provider, refresh_token: str) -> str:
+    client_id, client_secret = demo_client(provider.name)
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    if provider.token_auth_method == "client_secret_basic":
+        answer = httpx.post(provider.token_url, data=form, auth=(client_id, client_secret))
+    else:
+        form |= {"client_id": client_id, "client_secret": client_secret}
+        answer = httpx.post(provider.token_url, data=form)
+    assert answer.status_code == 400, answer.text
+    error: str = answer.json()["error"]
+    return error
+
+
+def test_salesforce_full_scope_alone_brings_no_refresh_token(emulator: Emulator) -> None:
+    _, token = connect(emulator["salesforce"], scopes=["api", "full"])
+    assert "refresh_token" not in token
+
+
+def test_a_salesforce_session_times_out_without_saying_so(emulator: Emulator) -> None:
+    salesforce = emulator["salesforce"]
+    _, token = connect(salesforce)
+    assert "expires_in" not in token
+    assert whoami(salesforce, token["access_token"], token).status_code == 200
+    advance(emulator, 2 * 3600)  # the org's default session timeout
+    assert whoami(salesforce, token["access_token"], token).status_code == 401
+    fresh = refresh_on_the_wire(salesforce, token["refresh_token"])
+    assert whoami(salesforce, fresh["access_token"], token).status_code == 200
+
+
+def test_spotify_refresh_tokens_die_six_months_after_consent_however_used(
+    emulator: Emulator,
+) -> None:
+    spotify = emulator["spotify"]
+    _, token = connect(spotify)
+    advance(emulator, 150 * 86400)
+    refresh_on_the_wire(spotify, token["refresh_token"])  # still alive, not extended
+    advance(emulator, 40 * 86400)
+    assert refresh_refused(spotify, token["refresh_token"]) == "invalid_grant"
+
+
+def test_each_box_refresh_token_lives_sixty_days(emulator: Emulator) -> None:
+    box = emulator["box"]
+    _, token = connect(box)
+    advance(emulator, 59 * 86400)
+    second = refresh_on_the_wire(box, token["refresh_token"])["refresh_token"]
+    advance(emulator, 59 * 86400)  # 118 days after consent: the new one still lives
+    third = refresh_on_the_wire(box, second)["refresh_token"]
+    advance(emulator, 61 * 86400)
+    assert refresh_refused(box, third) == "invalid_grant"
+
+
+def test_github_revokes_the_oldest_token_beyond_ten_per_scopes(emulator: Emulator) -> None:
+    github = emulator["github"]
+    tokens = [connect(github)[1]["access_token"] for _ in range(11)]
+    assert whoami(github, tokens[0], {}).status_code == 401
+    assert all(whoami(github, t, {}).status_code == 200 for t in tokens[1:])
+    # Another scope set is another combination.
+    other = connect(github, scopes=["read:user", "gist"])[1]["access_token"]
+    assert whoami(github, other, {}).status_code == 200
+    assert whoami(github, tokens[1], {}).status_code == 200
+
+
+def test_the_clock_refuses_nonsense(emulator: Emulator) -> None:
+    for body in ({}, {"advance_seconds": "soon"}, {"advance_seconds": -5}):
+        assert httpx.post(f"{emulator.url}/_admin/clock", json=body).status_code == 400

@@ -24,8 +24,8 @@ from sqlalchemy import create_engine, inspect
 
 import apiauth
 from apiauth.providers import load_catalog
-from conftest import free_port, fresh_postgres_database
-from processes import (
+from tests.databases import fresh_postgres_database
+from tests.processes import (
     ConnectOutcome,
     ServerProcess,
     apiauth_env,
@@ -33,6 +33,7 @@ from processes import (
     connect_with_consent,
     run_cli,
 )
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -405,7 +406,7 @@ def test_denied_consent_fails_the_command_and_stores_nothing(connected: World) -
 def test_rotating_the_site_token_locks_out_the_old_one(connected: World) -> None:
     world = connected
     old = world.site_token
-    rotated = world.cli("sites", "rotate-token", SITE)
+    rotated = world.cli("sites", "rotate-token", SITE, "--yes")
     world.ok(rotated, "sites rotate-token")
     lines = [ln for ln in rotated.stdout.splitlines() if ln.startswith("APIAUTH_TOKEN=")]
     expect(len(lines) == 1, "`sites rotate-token` printed no APIAUTH_TOKEN= line")

@@ -25,9 +25,10 @@ import pytest
 
 from apiauth.emulator.api_endpoints import ENDPOINTS
 from apiauth.providers import emulated_url
-from conftest import IN_CI, free_port
-from consent import consent
-from processes import ServerProcess, client_env, run_cli
+from tests.consent import consent, press_connect
+from tests.databases import IN_CI
+from tests.processes import ServerProcess, client_env, run_cli, stop_process
+from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -175,12 +176,7 @@ def web_app(
                 time.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         if process.stderr:
             process.stderr.close()
 
@@ -325,7 +321,12 @@ def test_every_api_endpoint_of_the_examples_refuses_missing_and_made_up_tokens(
         for endpoint in ENDPOINTS:
             host = endpoint.host or "emulated.my.salesforce.com"
             path = endpoint.path.format(
-                version="59.0", account="acct_1", folder="0", space="s", environment="master"
+                version="59.0",
+                account="acct_1",
+                folder="0",
+                space="s",
+                environment="master",
+                user="me",
             )
             url = f"{emulator}/{endpoint.provider}/{host}{path}"
             for headers in ({}, {"Authorization": "Bearer made-up-token"}):
@@ -364,7 +365,7 @@ def test_each_visitor_connects_their_own_github_and_the_site_acts_for_them(demo:
         link = browser.get(f"{site}/connect", params={"visitor": "alice"})
         assert link.status_code == 303
         assert link.headers["location"].startswith(f"{demo.server.url}/connect/")
-        pressed = browser.post(link.headers["location"], data={"provider": "github"})
+        pressed = press_connect(browser, link.headers["location"], "github")
         assert pressed.status_code == 303
         back = consent(browser, pressed.headers["location"])
         assert back.status_code == 303

@@ -19,13 +19,14 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from apiauth.domain import connections, sites
+from apiauth.domain import connect_flow, sites
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView, create_member, create_personal_token
 from apiauth.domain.token_store import open_token
 from apiauth.store.models import Connection, Site
-from conftest import LiveServer, fresh_postgres_database, running_server
-from consent import consent
+from tests.consent import consent
+from tests.databases import fresh_postgres_database
+from tests.servers import LiveServer, running_server
 
 READERS = 4
 FAULTS = 6
@@ -45,7 +46,7 @@ class World:
         }
 
     def connect(self, provider: str, scopes: list[str] | None = None) -> httpx.Response:
-        start = connections.start_connection(
+        start = connect_flow.start_connection(
             self.server.broker, self.owner, "my-site", provider, scopes
         )
         return consent(self.http, start.authorize_url)

@@ -1,13 +1,14 @@
 """Function tokens: a site token mints a short-lived token for one build or function, that
 reads only the providers it names, expires, and dies with its site token; and `apiauth run`
-hands one to a command. Over real HTTP against a live server, on SQLite and PostgreSQL."""
+hands one to a command. The API in the fast tier (in-process, time moved by the test); the
+client library over real HTTP against a live server, and `apiauth run` against a real server
+process; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,9 +25,11 @@ from apiauth.domain.members import MemberView, create_personal_token
 from apiauth.domain.token_format import TokenKind, token_kind
 from apiauth.store.db import transaction
 from apiauth.store.models import AuditEvent, SiteToken
-from conftest import LiveServer, free_port, fresh_postgres_database
-from consent import consent
-from processes import ServerProcess, client_env, connect_with_consent, run_cli
+from tests.consent import consent
+from tests.databases import fresh_postgres_database
+from tests.in_process import InProcessServer
+from tests.processes import ServerProcess, client_env, connect_with_consent, run_cli
+from tests.servers import LiveServer, free_port
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -94,6 +97,7 @@ def secrets_of(http: httpx.Client, api: str, token: str) -> httpx.Response:
 # --------------------------------------------------------------------------- minting and reading
 
 
+@pytest.mark.fast
 def test_a_site_token_mints_a_function_token_that_reads_the_sites_secrets(
     http: httpx.Client, api: str, site_token: str
 ) -> None:
@@ -112,6 +116,7 @@ def test_a_site_token_mints_a_function_token_that_reads_the_sites_secrets(
     assert read.json()["github"]["bearer_token"]
 
 
+@pytest.mark.fast
 def test_a_function_token_reads_only_the_providers_it_names(
     http: httpx.Client, api: str, site_token: str
 ) -> None:
@@ -122,16 +127,49 @@ def test_a_function_token_reads_only_the_providers_it_names(
     assert secrets_of(http, api, token).json() == {}
 
 
+@pytest.mark.fast
 def test_a_function_token_stops_working_when_its_ttl_runs_out(
-    http: httpx.Client, api: str, site_token: str
+    app: InProcessServer, http: httpx.Client, api: str, site_token: str
 ) -> None:
     token = minted_token(http, api, site_token, ttl_seconds=1)
     assert secrets_of(http, api, token).status_code == 200
-    time.sleep(1.5)
+    app.advance(1.5)
     assert_error(secrets_of(http, api, token), 401, "unauthorized")
     assert secrets_of(http, api, site_token).status_code == 200
 
 
+@pytest.mark.fast
+def test_a_mint_answers_as_the_route_does(http: httpx.Client, api: str, site_token: str) -> None:
+    # A plain JSON body is answered in front of the router (`fast_path`); a query string
+    # takes the FastAPI route. The same answer either way, but for the token.
+    bodies: list[tuple[dict[str, Any], set[str]]] = [
+        ({}, {"github", "spotify"}),
+        ({"ttl_seconds": 60, "providers": ["spotify"]}, {"spotify"}),
+        ({"visitor_id": "user-1"}, set()),  # a visitor who connected nothing
+    ]
+    for body, readable in bodies:
+        fast = http.post(f"{api}/function-tokens", json=body, headers=bearer(site_token))
+        routed = http.post(
+            f"{api}/function-tokens?the=route", json=body, headers=bearer(site_token)
+        )
+        assert fast.status_code == routed.status_code == 201
+        per_answer = ("date", "server", "x-request-id", "content-length")
+        headers = {k: v for k, v in routed.headers.items() if k not in per_answer}
+        assert {k: v for k, v in fast.headers.items() if k not in per_answer} == headers
+        assert list(fast.json()) == list(routed.json()) == ["token", "expires_at"]
+        # The same form of time (pydantic's), within the second of both requests.
+        expiries = [answer.json()["expires_at"] for answer in (fast, routed)]
+        assert all(expiry.endswith("Z") for expiry in expiries)
+        assert abs(
+            datetime.fromisoformat(expiries[0]) - datetime.fromisoformat(expiries[1])
+        ) < timedelta(seconds=5)
+        for answer in (fast, routed):
+            read = secrets_of(http, api, answer.json()["token"])
+            assert read.status_code == 200
+            assert set(read.json()) == readable
+
+
+@pytest.mark.fast
 def test_the_longest_ttl_is_a_day(http: httpx.Client, api: str, site_token: str) -> None:
     response = mint(http, api, site_token, ttl_seconds=86400)
     assert response.status_code == 201
@@ -139,6 +177,7 @@ def test_the_longest_ttl_is_a_day(http: httpx.Client, api: str, site_token: str)
     assert expires_at - datetime.now(UTC) > timedelta(hours=23, minutes=59)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     "body",
     [
@@ -161,6 +200,7 @@ def test_bad_function_token_requests_are_a_clear_422(
     assert_error(mint(http, api, site_token, **body), 422, "invalid_input")
 
 
+@pytest.mark.fast
 def test_unknown_providers_are_named_in_the_422(
     http: httpx.Client, api: str, site_token: str
 ) -> None:
@@ -170,6 +210,7 @@ def test_unknown_providers_are_named_in_the_422(
     assert "'github'" not in message.partition("known")[0]
 
 
+@pytest.mark.fast
 def test_a_function_token_cannot_mint_another(
     http: httpx.Client, api: str, site_token: str
 ) -> None:
@@ -179,6 +220,7 @@ def test_a_function_token_cannot_mint_another(
     assert token not in message
 
 
+@pytest.mark.fast
 def test_minting_needs_a_site_token(
     http: httpx.Client, api: str, pat: dict[str, str], site_token: str
 ) -> None:
@@ -189,6 +231,7 @@ def test_minting_needs_a_site_token(
     assert_error(mint(http, api, site_token[:-1]), 401)
 
 
+@pytest.mark.fast
 def test_openapi_describes_the_function_token_endpoint(
     live: LiveServer, http: httpx.Client
 ) -> None:
@@ -196,6 +239,7 @@ def test_openapi_describes_the_function_token_endpoint(
     assert "post" in paths["/api/v1/function-tokens"]
 
 
+@pytest.mark.fast
 def test_minting_is_in_the_audit_log_without_the_token(
     broker: Broker, http: httpx.Client, api: str, site_token: str
 ) -> None:
@@ -215,6 +259,7 @@ def test_minting_is_in_the_audit_log_without_the_token(
 # --------------------------------------------------------------------------- revocation cascade
 
 
+@pytest.mark.fast
 def test_rotating_the_site_token_invalidates_its_function_tokens(
     http: httpx.Client, api: str, pat: dict[str, str], site_token: str
 ) -> None:
@@ -231,6 +276,7 @@ def test_rotating_the_site_token_invalidates_its_function_tokens(
     assert secrets_of(http, api, fresh).status_code == 200
 
 
+@pytest.mark.fast
 def test_disabling_api_auth_invalidates_function_tokens(
     http: httpx.Client, api: str, pat: dict[str, str], site_token: str
 ) -> None:
@@ -239,6 +285,7 @@ def test_disabling_api_auth_invalidates_function_tokens(
     assert_error(secrets_of(http, api, token), 401)
 
 
+@pytest.mark.fast
 def test_a_function_token_dies_with_its_parent_even_if_its_own_row_was_missed(
     broker: Broker, http: httpx.Client, api: str, site_token: str
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import secrets
 import statistics
 import time
@@ -21,6 +22,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,10 +30,15 @@ from apiauth.domain import sites
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView, create_member, create_personal_token
 from apiauth.domain.token_format import TokenKind, generate_token
-from conftest import LiveServer
-from stored_connections import store_connection
+from apiauth.providers import AuthMode
+from tests.servers import LiveServer
+from tests.stored_connections import store_connection
 
-PROVIDERS = ("github", "salesforce", "spotify", "stripe", "box", "contentful")
+pytestmark = pytest.mark.fast
+
+PROVIDERS = ("github", "salesforce", "spotify", "stripe", "box", "contentful", "openai", "twilio")
+# Key-based ones (SPEC §7): their credential is read from `api_key` / `password`.
+MODES: dict[str, AuthMode] = {"openai": "api_key", "twilio": "basic"}
 EXAMPLES = int(os.environ.get("ISOLATION_EXAMPLES", "15"))
 
 examples = settings(
@@ -49,6 +56,12 @@ def unique() -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def credential(secret: dict[str, Any]) -> str | None:
+    """What a secret hands out, whatever its auth mode: the token, the key or the password."""
+    value: str | None = secret["bearer_token"] or secret["api_key"] or secret["password"]
+    return value
 
 
 @dataclass(frozen=True)
@@ -86,7 +99,9 @@ def build_world(broker: Broker, layout: list[list[frozenset[str]]]) -> World:
             stored = {}
             for provider in sorted(providers):
                 access = f"at-{name}-{provider}-{secrets.token_hex(8)}"
-                store_connection(broker, view.id, provider, access)
+                store_connection(
+                    broker, view.id, provider, access, auth_mode=MODES.get(provider, "oauth2")
+                )
                 stored[provider] = access
             world.sites.append(BuiltSite(name, team_index, token, stored))
     return world
@@ -109,7 +124,7 @@ def test_a_site_or_function_token_reads_exactly_its_own_sites_providers(
         for site in world.sites:
             answer = http.get(f"{live.url}/api/v1/secrets", headers=bearer(site.token))
             assert answer.status_code == 200, answer.text
-            got = {name: secret["bearer_token"] for name, secret in answer.json().items()}
+            got = {name: credential(secret) for name, secret in answer.json().items()}
             assert got == site.providers, f"site token of {site.name}"
 
             subset = data.draw(st.none() | st.lists(st.sampled_from(PROVIDERS), min_size=1))
@@ -125,7 +140,7 @@ def test_a_site_or_function_token_reads_exactly_its_own_sites_providers(
             assert answer.status_code == 200, answer.text
             allowed = set(PROVIDERS) if subset is None else set(subset)
             expected = {p: t for p, t in site.providers.items() if p in allowed}
-            got = {name: secret["bearer_token"] for name, secret in answer.json().items()}
+            got = {name: credential(secret) for name, secret in answer.json().items()}
             assert got == expected, f"function token of {site.name} limited to {subset}"
             checked += 1
 
@@ -193,7 +208,7 @@ def test_a_member_reads_only_their_own_teams_sites(live: LiveServer, http: httpx
         # Nothing changed on the other team's site: its own token still reads its providers.
         still = http.get(f"{live.url}/api/v1/secrets", headers=bearer(target.token))
         assert still.status_code == 200
-        assert {k: v["bearer_token"] for k, v in still.json().items()} == target.providers
+        assert {k: credential(v) for k, v in still.json().items()} == target.providers
         checked += 1
 
     check()
@@ -330,25 +345,35 @@ def test_every_bad_token_gets_the_same_401(live: LiveServer, http: httpx.Client)
 def _medians_ms(
     http: httpx.Client, url: str, kinds: dict[str, str], rounds: int
 ) -> dict[str, float]:
-    """Round-robin over the kinds, so that whatever else the machine does slows all alike."""
+    """Round-robin over the kinds, in a shuffled order each round, so that whatever else the
+    machine does slows all alike and none always follows another."""
     times: dict[str, list[float]] = {what: [] for what in kinds}
+    order = list(kinds)
+    shuffler = random.Random(1)
     for _ in range(rounds):
-        for what, token in kinds.items():
+        shuffler.shuffle(order)
+        for what in order:
             started = time.perf_counter()
-            answer = http.get(url, headers=bearer(token))
+            answer = http.get(url, headers=bearer(kinds[what]))
             times[what].append((time.perf_counter() - started) * 1000)
             assert answer.status_code == 401
     return {what: statistics.median(values) for what, values in times.items()}
 
 
+# A kind far slower than the others is so in every measurement; a loaded machine (other
+# test processes, other sessions) slows one measurement by chance, hardly three in a row.
+MEASUREMENTS = 3
+
+
+@pytest.mark.over_http
 def test_bad_tokens_are_refused_in_about_the_same_time(
     live: LiveServer, http: httpx.Client
 ) -> None:
-    """Medians of 30 requests each: a revoked token (found by its hash, then refused), a random
-    well-formed one (not found) and a malformed one (refused before any lookup). A generous
-    bound (3 times, plus 5 ms for a loaded machine): this guards against a lookup that is far
-    slower for one kind, not against microsecond differences, which loopback HTTP noise hides
-    anyway."""
+    """Medians of 40 interleaved requests each: a revoked token (found by its hash, then
+    refused), a random well-formed one (not found) and a malformed one (refused before any
+    lookup). A generous bound (3 times, plus 5 ms for a loaded machine), which one of up to
+    three measurements must meet: this guards against a lookup that is far slower for one
+    kind, not against microsecond differences, which loopback HTTP noise hides anyway."""
     tokens = bad_tokens(live, http)
     url = f"{live.url}/api/v1/secrets"
     kinds = {
@@ -357,6 +382,10 @@ def test_bad_tokens_are_refused_in_about_the_same_time(
         "malformed": _broken_checksum(tokens.valid),
     }
     _medians_ms(http, url, kinds, 5)  # warm up connections and caches
-    medians = _medians_ms(http, url, kinds, 30)
-    slowest, fastest = max(medians.values()), min(medians.values())
-    assert slowest < 3 * fastest + 5, f"median times differ too much (ms): {medians}"
+    measured = []
+    for _ in range(MEASUREMENTS):
+        medians = _medians_ms(http, url, kinds, 40)
+        measured.append(medians)
+        if max(medians.values()) < 3 * min(medians.values()) + 5:
+            return
+    pytest.fail(f"median times differ too much in every measurement (ms): {measured}")

@@ -6,11 +6,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from apiauth.domain import connections, key_rotation, sites
+from apiauth.domain import connect_flow, key_rotation, secrets_read, sites
 from apiauth.domain.members import create_member
 from apiauth.vault import KeyFile
-from conftest import LiveServer
-from consent import consent
+from tests.consent import consent
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.fast
 
 
 def test_rotation_rewraps_every_record_and_the_running_server_follows(
@@ -21,9 +23,9 @@ def test_rotation_rewraps_every_record_and_the_running_server_follows(
     sites.create_site(broker, owner, "my-site")
     token = sites.enable_api_auth(broker, owner, "my-site")
     for provider in ("github", "box"):
-        start = connections.start_connection(broker, owner, "my-site", provider)
+        start = connect_flow.start_connection(broker, owner, "my-site", provider)
         consent(http, start.authorize_url)
-    connections.start_connection(broker, owner, "my-site", "spotify")  # a PKCE verifier at rest
+    connect_flow.start_connection(broker, owner, "my-site", "spotify")  # a PKCE verifier at rest
     before = http.get(f"{live.url}/api/v1/secrets", headers={"Authorization": f"Bearer {token}"})
 
     key_file = KeyFile(broker.settings.key_file)
@@ -40,7 +42,7 @@ def test_rotation_rewraps_every_record_and_the_running_server_follows(
     assert after.status_code == 200
     assert after.json() == before.json()
     # What the server seals from now on is under the new key too.
-    start = connections.start_connection(broker, owner, "my-site", "stripe")
+    start = connect_flow.start_connection(broker, owner, "my-site", "stripe")
     consent(http, start.authorize_url)
     assert set(key_rotation.records_by_key(broker)) == {new.id}
 
@@ -53,7 +55,7 @@ def test_an_interrupted_rotation_finishes_when_run_again(
     sites.create_site(broker, owner, "my-site")
     site_token = sites.enable_api_auth(broker, owner, "my-site")
     for provider in ("github", "box", "stripe", "contentful"):
-        start = connections.start_connection(broker, owner, "my-site", provider)
+        start = connect_flow.start_connection(broker, owner, "my-site", provider)
         consent(http, start.authorize_url)
     new = KeyFile(broker.settings.key_file).add_new_key()
     monkeypatch.setattr(key_rotation, "BATCH", 2)
@@ -67,6 +69,6 @@ def test_an_interrupted_rotation_finishes_when_run_again(
     assert halfway.get(new.id) == 2
     assert sum(halfway.values()) == 4
     caller = sites.authenticate_site_token(broker, site_token)
-    assert all(view.is_logged_in for view in connections.read_secrets(broker, caller).values())
+    assert all(view.is_logged_in for view in secrets_read.read_secrets(broker, caller).values())
     key_rotation.rewrap_all(broker)
     assert key_rotation.records_by_key(broker) == {new.id: 4}

@@ -20,8 +20,9 @@ from sqlalchemy import create_engine, text
 
 from apiauth.domain.read_caches import SITE_TOKEN_CACHE_SECONDS
 from apiauth.vault import MasterKey
-from conftest import free_port, fresh_postgres_database
-from processes import ServerProcess, client_env, connect_with_consent, run_cli
+from tests.databases import fresh_postgres_database
+from tests.processes import ServerProcess, client_env, connect_with_consent, run_cli
+from tests.servers import free_port
 
 TTL = 4
 MARGIN = 2
@@ -32,7 +33,7 @@ BOX_ME = "/box/api.box.com/2.0/users/me"
 class Emulator:
     """`python -m apiauth.emulator` in its own process, as a real provider would be."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, ttl: int = TTL) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (workdir / "emulator.log").open("wb")
@@ -44,7 +45,7 @@ class Emulator:
                 "--port",
                 str(self.port),
                 "--token-ttl",
-                str(TTL),
+                str(ttl),
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -86,9 +87,13 @@ class Deployment:
         database_url: str | None,
         servers: int,
         serve_args: tuple[str, ...] = (),
+        *,
+        ttl: int = TTL,
+        margin: int | None = MARGIN,
     ) -> None:
+        """`margin=None`: the default `APIAUTH_REFRESH_MARGIN_SECONDS`."""
         self.workdir = workdir
-        self.emulator = Emulator(workdir)
+        self.emulator = Emulator(workdir, ttl)
         self.master_key = MasterKey.generate().to_text()
         self.servers: list[ServerProcess] = []
         for index in range(servers):
@@ -99,7 +104,6 @@ class Deployment:
                 {
                     "APIAUTH_EMULATOR_URL": self.emulator.url,
                     "APIAUTH_MASTER_KEY": self.master_key,
-                    "APIAUTH_REFRESH_MARGIN_SECONDS": str(MARGIN),
                     "APIAUTH_REFRESH_LEASE_SECONDS": str(LEASE),
                     "APIAUTH_HTTP_TIMEOUT_SECONDS": "10",
                     "APIAUTH_REFRESHER_RECHECK_SECONDS": "1",
@@ -108,6 +112,8 @@ class Deployment:
                     "APIAUTH_RATE_LIMIT_BURST": "100000",
                 }
             )
+            if margin is not None:
+                server.env["APIAUTH_REFRESH_MARGIN_SECONDS"] = str(margin)
             if database_url is None:  # one SQLite file, in the first server's data dir
                 server.env["APIAUTH_DATA_DIR"] = str(workdir / "server0" / "data")
             server.extra_args = list(serve_args)
@@ -178,7 +184,7 @@ def test_two_servers_and_eight_readers_refresh_once_per_expiry(two_servers: Depl
     seen: dict[str, bool] = {}
     failures: list[str] = []
     lock = threading.Lock()
-    stop = time.monotonic() + 5 * TTL
+    stop = time.monotonic() + 4 * TTL
 
     def reader(index: int) -> None:
         server = deployment.servers[index % 2]
@@ -212,13 +218,52 @@ def test_two_servers_and_eight_readers_refresh_once_per_expiry(two_servers: Depl
     stats = deployment.emulator.stats()
     assert failures == []
     assert stats["refresh_token_reuse"] == 0
-    assert refreshes_when_stopped >= 3  # 20 s of 4 s tokens
+    assert refreshes_when_stopped >= 3  # 16 s of 4 s tokens, each refreshed after 3.2 s
     # Every refresh produced exactly one new token, and the readers saw each of them (and
     # perhaps one more made during that last second).
     assert refreshes_when_stopped + 1 <= len(seen) <= stats["refreshes"] + 1
     assert deployment.connection_row(deployment.env["APIAUTH_DATABASE_URL"])["status"] != (
         "needs_reauth"
     )
+
+
+@pytest.mark.e2e
+def test_two_servers_refresh_five_second_tokens_once_per_lifetime_with_default_settings(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """The refresh storm (issue 12): with the default 300 s margin, tokens living 5 s were
+    refreshed thousands of times a minute by two replicas. Now about once per lifetime,
+    whether readers read or not, and reads are never handed an expired token."""
+    ttl, window = 5, 10.0  # two lifetimes, alone and then with readers
+    deployment = Deployment(tmp_path, postgres_url, servers=2, ttl=ttl, margin=None)
+    try:
+        before = deployment.emulator.stats()["refreshes"]
+        time.sleep(window)
+        alone = deployment.emulator.stats()["refreshes"] - before
+        before = deployment.emulator.stats()["refreshes"]
+        stop = time.monotonic() + window
+        not_logged_in: list[int] = []
+
+        def reader(index: int) -> None:
+            server = deployment.servers[index % 2]
+            with httpx.Client(timeout=15) as http:
+                while time.monotonic() < stop:
+                    if not deployment.read(server, http)["is_logged_in"]:
+                        not_logged_in.append(index)
+
+        threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with_readers = deployment.emulator.stats()["refreshes"] - before
+        lifetimes = window / ttl
+        for refreshes in (alone, with_readers):
+            assert 0.5 * lifetimes <= refreshes <= 1.5 * lifetimes + 1, (alone, with_readers)
+        assert deployment.emulator.stats()["refresh_token_reuse"] == 0
+        assert not_logged_in == []
+    finally:
+        deployment.stop()
 
 
 def _kill_mid_refresh(deployment: Deployment, database_url: str) -> ServerProcess:

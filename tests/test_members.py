@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from apiauth.config import Settings
-from apiauth.domain.broker import Broker, open_broker
+from apiauth.domain.broker import Broker
 from apiauth.domain.members import (
     authenticate_personal_token,
     create_member,
@@ -17,11 +17,12 @@ from apiauth.domain.members import (
     verify_password,
 )
 from apiauth.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound
+from tests.servers import open_test_broker
 
 
 @pytest.fixture
 def store(database_url: str, tmp_path: Path) -> Iterator[Broker]:
-    broker = open_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
+    broker = open_test_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
     yield broker
     broker.close()
 

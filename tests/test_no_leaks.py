@@ -1,37 +1,45 @@
 """Nothing in logs or pages: a real `apiauth serve --demo` process logging at DEBUG goes
-through the whole life of a site (six providers connected, secrets read with site and function
-tokens, refreshes, provider faults, refused and replayed flows, bad tokens, disconnects), and
-no token or secret then appears in its log output, in an HTML page of the dashboard (signed
-in), in an error response, in the audit log or in a webhook body.
+through the whole life of a site (six providers connected, keys pasted, a GitHub App
+installed, secrets read with site and function tokens, refreshes, provider faults, refused
+and replayed flows, bad tokens, disconnects), and no token or secret then appears in its log
+output, in an HTML page of the dashboard (signed in), in an error response, in the audit
+log, in a webhook body or in its metrics.
 
 At DEBUG, httpx logs one line per call to a provider; the test checks those lines are there
-(so it would see a secret in a URL) and that SQLAlchemy echoes no SQL with parameters.
+(so it would see a secret in a URL) and that SQLAlchemy echoes no SQL with parameters. The
+log is JSON (`APIAUTH_LOG_FORMAT=json`) with the access log on, the most the server writes:
+every line must be one JSON object, the access log's lines (whose URLs carry the OAuth
+callbacks' codes and states) included, each with its request's id.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import secrets as random_secrets
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc.jwk import RSAKey
 from sqlalchemy import select
 
 from apiauth.config import Settings
-from apiauth.domain.broker import open_broker
 from apiauth.domain.token_format import hash_token
 from apiauth.domain.token_store import open_token
-from apiauth.emulator.app import demo_client
+from apiauth.providers import demo_client
 from apiauth.store.models import AuthState, Connection
 from apiauth.vault import record_aad
-from conftest import HookReceiver, free_port
-from consent import consent
-from leak_search import Secrets
-from processes import ServerProcess, run_cli
+from tests.consent import consent, provider_url_of
+from tests.leak_search import Secrets
+from tests.processes import ServerProcess, run_cli
+from tests.servers import HookReceiver, free_port, open_test_broker
 
 pytestmark = pytest.mark.e2e
 
@@ -74,6 +82,7 @@ class Journey:
         self.pages: dict[str, str] = {}
         self.pat = ""
         self.site_token = ""
+        self.refresh_request_ids: set[str] = set()
 
     def auth(self, token: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {token or self.pat}"}
@@ -94,7 +103,9 @@ class Journey:
             headers=self.auth(),
         )
         assert started.status_code == 200
-        url = started.json()["authorize_url"]
+        continue_link = started.json()["authorize_url"]
+        self.secrets.add(f"{provider} Continue token", continue_link.rsplit("/", 1)[-1])
+        url = provider_url_of(self.http, continue_link)
         self.secrets.add(f"{provider} OAuth state", parse_qs(urlsplit(url).query)["state"][0])
         self.secrets.add(f"{provider} PKCE verifier", self._verifier(url))
         callback = consent(self.http, url, button=button)
@@ -111,7 +122,7 @@ class Journey:
 
     def _verifier(self, authorize_url: str) -> str | None:
         state = parse_qs(urlsplit(authorize_url).query)["state"][0]
-        broker = self.open_broker()
+        broker = self.open_test_broker()
         try:
             with broker.sessions() as db:
                 row = db.scalar(select(AuthState).where(AuthState.state_hash == hash_token(state)))
@@ -123,17 +134,17 @@ class Journey:
         finally:
             broker.close()
 
-    def open_broker(self) -> Any:
+    def open_test_broker(self) -> Any:
         env = self.server.env
         settings = Settings(
             data_dir=Path(env["APIAUTH_DATA_DIR"]),
             database_url=env.get("APIAUTH_DATABASE_URL"),
             public_url=env["APIAUTH_PUBLIC_URL"],
         )
-        return open_broker(settings)
+        return open_test_broker(settings)
 
     def stored_tokens(self, when: str) -> None:
-        broker = self.open_broker()
+        broker = self.open_test_broker()
         try:
             with broker.sessions() as db:
                 for connection in db.scalars(select(Connection)):
@@ -154,10 +165,16 @@ class Journey:
         assert answer.status_code < 300, answer.text
 
 
+METRICS_TOKEN = random_secrets.token_urlsafe(24)
+
+
 @pytest.fixture
 def server(tmp_path: Path, database_url: str) -> Iterator[ServerProcess]:
     process = ServerProcess(tmp_path, database_url, free_port())
     process.env["APIAUTH_LOG_LEVEL"] = "DEBUG"
+    process.env["APIAUTH_LOG_FORMAT"] = "json"
+    process.env["APIAUTH_ACCESS_LOG"] = "true"
+    process.env["APIAUTH_METRICS_TOKEN"] = METRICS_TOKEN
     process.start()
     try:
         yield process
@@ -173,15 +190,23 @@ def test_no_token_or_secret_in_logs_pages_errors_or_the_audit_log(
         run_through_a_sites_life(journey, hook_receiver)
         sign_in_and_read_every_page(journey)
         events = read_the_audit_log(journey)
+        metrics = http.get(
+            f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+        )
+        assert metrics.status_code == 200
     server.stop()
     log = server.log()
+    journey.secrets.add("metrics token", METRICS_TOKEN)
 
     secrets = journey.secrets
     assert len(secrets) >= 40, f"too few secrets collected: {secrets.labels()}"
+    lines = check_json_log(server.stderr_path.read_text(encoding="utf-8"), journey)
     # The log is at DEBUG and shows calls to providers: a secret in a URL would be there.
-    assert " DEBUG " in log
+    assert any(line["level"] == "debug" for line in lines)
     assert re.search(r"HTTP Request: POST http://127\.0\.0\.1:\d+/_emulator/\S+", log)
     assert "sqlalchemy.engine" not in log, "SQL is echoed into the log"
+    found = secrets.found_in(metrics.text)
+    assert not found, f"secrets in the metrics: {found}"
 
     found = secrets.found_in(log)
     assert not found, f"secrets in the server log: {found}"
@@ -197,6 +222,141 @@ def test_no_token_or_secret_in_logs_pages_errors_or_the_audit_log(
     assert hooks, "no webhook was delivered"
     found = secrets.found_in(hooks)
     assert not found, f"secrets in webhook bodies: {found}"
+
+
+def check_json_log(stderr: str, journey: Journey) -> list[dict[str, Any]]:
+    """Every line one JSON object; access lines with their request's id, the OAuth
+    callbacks' among them; the failed refresh's warning with the id of the request that
+    asked for it."""
+    lines = []
+    for number, line in enumerate(stderr.splitlines(), start=1):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            pytest.fail(f"log line {number} is not JSON", pytrace=False)
+        assert {"timestamp", "level", "logger", "message"} <= set(entry), number
+        lines.append(entry)
+    access = [line for line in lines if line["logger"] == "uvicorn.access"]
+    assert access, "no access log lines"
+    assert all(line.get("request_id") for line in access)
+    callbacks = [line for line in access if line["path"].startswith("/oauth/callback")]
+    assert callbacks, "the OAuth callbacks are not in the access log"
+    assert all("code=[redacted]" in line["path"] for line in callbacks if "code=" in line["path"])
+    failed = [
+        line
+        for line in lines
+        if line["message"].startswith("refresh of box failed") and line.get("outcome") == "failed"
+    ]
+    assert failed, "the failed refresh is not logged with its outcome"
+    assert failed[0]["request_id"] in journey.refresh_request_ids
+    assert failed[0]["provider"] == "box"
+    return lines
+
+
+def connect_with_pasted_credentials(journey: Journey) -> None:
+    """An API key and basic credentials (SPEC §7), one of them refused first: neither the
+    good ones nor the refused one appear anywhere but `/api/v1/secrets`."""
+    secrets = journey.secrets
+    pasted = {
+        "openai": {"api_key": "emu-openai-" + "no-leak-key-0123456789"},
+        "twilio": {"username": "emu-twilio", "password": "emu-twilio-" + "no-leak-pw-0123456789"},
+    }
+    refused_key = "sk-proj-refused-no-leak-key-0123456789"
+    secrets.add("refused OpenAI key", refused_key)
+    refused = journey.call(
+        "POST",
+        f"/sites/{SITE}/connections",
+        "a refused key",
+        json={"provider": "openai", "credentials": {"api_key": refused_key}},
+        headers=journey.auth(),
+    )
+    assert refused.status_code == 422
+    for provider, credentials in pasted.items():
+        for label, value in credentials.items():
+            if label != "username":
+                secrets.add(f"{provider} {label}", value)
+        made = journey.call(
+            "POST",
+            f"/sites/{SITE}/connections",
+            f"paste {provider}",
+            json={"provider": provider, "credentials": credentials},
+            headers=journey.auth(),
+        )
+        assert made.status_code == 201, made.text
+    proxied = journey.http.get(
+        f"{journey.api}/proxy/openai/v1/models", headers=journey.auth(journey.site_token)
+    )
+    assert proxied.status_code == 200
+
+
+def connect_a_github_app(journey: Journey) -> None:
+    """A GitHub App (SPEC §7): its private key stored with `apps set --private-key-file`, an
+    installation made through the install page, a made-up installation id refused; neither
+    the key nor an installation token appears anywhere but `/api/v1/secrets`."""
+    server, http = journey.server, journey.http
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    ).decode()
+    for number, line in enumerate(pem.splitlines()[1:-1]):
+        journey.secrets.add(f"GitHub App private key (line {number})", line)
+    key_file = server.workdir / "no-leak-app.private-key.pem"
+    key_file.write_text(pem, encoding="utf-8")
+    saved = run_cli(
+        [
+            *("apps", "set", "github-app", "--app-id", "5150", "--slug", "no-leak-app"),
+            *("--private-key-file", str(key_file)),
+        ],
+        server.env,
+    )
+    assert saved.returncode == 0, saved.stderr[-500:]
+    key_file.unlink()
+    registered = http.post(
+        f"{server.url}/_emulator/_admin/github-apps",
+        json={
+            "provider": "github-app",
+            "app_id": "5150",
+            "slug": "no-leak-app",
+            "jwk": RSAKey.import_key(pem).as_dict(private=False),
+            "setup_url": f"{server.url}/oauth/callback",
+        },
+    )
+    assert registered.status_code == 200, registered.text
+    for installation_id in ("987654321", None):
+        started = journey.call(
+            "POST",
+            f"/sites/{SITE}/connections",
+            "start github-app",
+            json={"provider": "github-app"},
+            headers=journey.auth(),
+        )
+        continue_link = started.json()["authorize_url"]
+        journey.secrets.add("github-app Continue token", continue_link.rsplit("/", 1)[-1])
+        install_page = provider_url_of(http, continue_link)
+        state = parse_qs(urlsplit(install_page).query)["state"][0]
+        journey.secrets.add(f"github-app OAuth state {installation_id}", state)
+        setup = http.get(install_page)
+        assert setup.status_code == 302, setup.text
+        query = dict(parse_qsl(urlsplit(setup.headers["location"]).query))
+        if installation_id is not None:
+            query["installation_id"] = installation_id  # made up: refused, nothing stored
+        back = http.get(
+            f"{server.url}/oauth/callback",
+            params=query,
+            headers={"Accept": "application/json"},
+        )
+        if installation_id is not None:
+            assert back.status_code == 400, back.text
+            journey.errors.append(("made-up installation id", back.text))
+        else:
+            assert back.status_code == 200, back.text
+    proxied = http.get(
+        f"{journey.api}/proxy/github-app/installation/repositories",
+        headers=journey.auth(journey.site_token),
+    )
+    assert proxied.status_code == 200, proxied.text
 
 
 def run_through_a_sites_life(journey: Journey, hooks: HookReceiver) -> None:
@@ -233,10 +393,12 @@ def run_through_a_sites_life(journey: Journey, hooks: HookReceiver) -> None:
         assert journey.connect(provider).status_code == 200, provider
     denied = journey.connect("github", button="Deny")
     assert denied.status_code == 400
+    connect_with_pasted_credentials(journey)
+    connect_a_github_app(journey)
     journey.stored_tokens("as connected")
 
     read = journey.call("GET", "/secrets", "read secrets", headers=journey.auth(journey.site_token))
-    assert sorted(read.json()) == sorted(PROVIDERS)
+    assert sorted(read.json()) == sorted([*PROVIDERS, "openai", "twilio", "github-app"])
     minted = journey.call(
         "POST",
         "/function-tokens",
@@ -249,7 +411,7 @@ def run_through_a_sites_life(journey: Journey, hooks: HookReceiver) -> None:
     assert journey.call("GET", "/secrets", "fn read", headers=journey.auth(function_token)).json()
 
     # Refreshes: normal ones, a transient fault, a refusal, and a hostile error page.
-    for provider in ("box", "spotify", "salesforce"):
+    for provider in ("box", "spotify", "salesforce", "github-app"):
         journey.call(
             "POST",
             f"/sites/{SITE}/connections/{provider}/refresh",
@@ -260,9 +422,10 @@ def run_through_a_sites_life(journey: Journey, hooks: HookReceiver) -> None:
     journey.fault("salesforce", status=500, raw_body=HOSTILE, content_type="text/html", times=1)
     journey.fault("spotify", status=400, body={"error": "invalid_grant"}, times=1)
     for provider in ("box", "salesforce", "spotify"):
-        journey.call(
+        faulted = journey.call(
             "POST", f"/sites/{SITE}/connections/{provider}/refresh", "fault", headers=journey.auth()
         )
+        journey.refresh_request_ids.add(faulted.headers["x-request-id"])
     journey.stored_tokens("after refreshes")
     journey.call("GET", "/secrets", "read again", headers=journey.auth(journey.site_token))
 
@@ -289,7 +452,7 @@ def run_through_a_sites_life(journey: Journey, hooks: HookReceiver) -> None:
     assert forged.status_code == 400
     journey.errors.append(("forged callback", forged.text))
 
-    for provider in ("github", "box"):
+    for provider in ("github", "box", "github-app"):
         journey.call(
             "DELETE", f"/sites/{SITE}/connections/{provider}", "disconnect", headers=journey.auth()
         )

@@ -1,23 +1,25 @@
 """Where OAuth apps and providers come from: the environment, a custom providers file, a
-team's own stored app, and a clear error when there is none."""
+team's own stored app, and a clear error when there is none. The fast tier (the app
+in-process), SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 from sqlalchemy import select
 
 from apiauth.config import Settings
-from apiauth.domain import connections, oauth_apps, sites
-from apiauth.domain.broker import open_broker
+from apiauth.domain import connect_flow, oauth_apps, sites
 from apiauth.domain.members import create_member
 from apiauth.errors import ProviderNotConfigured
 from apiauth.store.models import OAuthApp
-from conftest import running_server
-from consent import consent
+from tests.consent import consent
+from tests.in_process import in_process_server
+from tests.servers import open_test_broker
+
+pytestmark = pytest.mark.fast
 
 ACME = """
 [providers.acme]
@@ -36,19 +38,22 @@ revoke_url = "https://auth.acme.example/revoke"
 client_id = "acme-client"
 client_secret = "acme-secret-from-file"
 """
+# The same provider, played by the emulator in demo mode (SPEC §4: custom providers opt in).
+EMULATED_ACME = ACME + "emulate = true\n"
 
 
 def test_a_custom_provider_from_the_file_connects_like_a_built_in_one(
-    tmp_path: Path, database_url: str, http: httpx.Client
+    tmp_path: Path, database_url: str
 ) -> None:
     providers_file = tmp_path / "providers.toml"
-    providers_file.write_text(ACME)
-    with running_server(tmp_path, database_url, providers_file=providers_file) as live:
+    providers_file.write_text(EMULATED_ACME)
+    with in_process_server(tmp_path, database_url, providers_file=providers_file) as live:
+        http = live.client
         owner = create_member(live.broker, "owner@example.com", "correct horse battery")
         sites.create_site(live.broker, owner, "my-site")
         token = sites.enable_api_auth(live.broker, owner, "my-site")
-        start = connections.start_connection(live.broker, owner, "my-site", "acme")
-        assert parse_qs(urlsplit(start.authorize_url).query)["client_id"] == ["acme-client"]
+        start = connect_flow.start_connection(live.broker, owner, "my-site", "acme")
+        assert parse_qs(urlsplit(start.provider_url).query)["client_id"] == ["acme-client"]
         done = consent(http, start.authorize_url)
         assert done.status_code == 200, done.text
         assert done.json()["granted_scopes"] == ["read"]
@@ -59,27 +64,45 @@ def test_a_custom_provider_from_the_file_connects_like_a_built_in_one(
         assert secrets["acme"]["account"]["login"]
 
 
+def test_demo_mode_calls_a_custom_provider_where_its_urls_point(
+    tmp_path: Path, database_url: str
+) -> None:
+    """`serve --demo` emulates built-in providers only: a custom one without `emulate = true`
+    (a local Keycloak, a company IdP) is sent to its own URLs, with its own client."""
+    providers_file = tmp_path / "providers.toml"
+    providers_file.write_text(ACME)
+    with in_process_server(tmp_path, database_url, providers_file=providers_file) as live:
+        owner = create_member(live.broker, "owner@example.com", "correct horse battery")
+        sites.create_site(live.broker, owner, "my-site")
+        start = connect_flow.start_connection(live.broker, owner, "my-site", "acme")
+        url = urlsplit(start.provider_url)
+        assert f"{url.scheme}://{url.netloc}{url.path}" == "https://auth.acme.example/authorize"
+        assert parse_qs(url.query)["client_id"] == ["acme-client"]
+        github = connect_flow.start_connection(live.broker, owner, "my-site", "github")
+        assert github.provider_url.startswith(live.url + "/_emulator/github/")
+
+
 def test_oauth_apps_from_the_environment_are_used(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("APIAUTH_GITHUB_CLIENT_ID", "Iv1.env-client")
     monkeypatch.setenv("APIAUTH_GITHUB_CLIENT_SECRET", "env-secret")
-    broker = open_broker(Settings(data_dir=tmp_path / "d", database_url=database_url))
+    broker = open_test_broker(Settings(data_dir=tmp_path / "d", database_url=database_url))
     owner = create_member(broker, "owner@example.com", "correct horse battery")
     sites.create_site(broker, owner, "my-site")
-    start = connections.start_connection(broker, owner, "my-site", "github")
-    url = urlsplit(start.authorize_url)
+    start = connect_flow.start_connection(broker, owner, "my-site", "github")
+    url = urlsplit(start.provider_url)
     assert url.netloc == "github.com"
     assert parse_qs(url.query)["client_id"] == ["Iv1.env-client"]
     with pytest.raises(ProviderNotConfigured, match="APIAUTH_SPOTIFY_CLIENT_ID"):
-        connections.start_connection(broker, owner, "my-site", "spotify")
+        connect_flow.start_connection(broker, owner, "my-site", "spotify")
     broker.close()
 
 
 def test_a_teams_own_app_wins_and_its_secret_is_encrypted(
     tmp_path: Path, database_url: str
 ) -> None:
-    broker = open_broker(Settings(data_dir=tmp_path / "d", database_url=database_url))
+    broker = open_test_broker(Settings(data_dir=tmp_path / "d", database_url=database_url))
     owner = create_member(broker, "owner@example.com", "correct horse battery")
     oauth_apps.set_oauth_app(broker, owner, "spotify", "team-client", "team-secret-value")
     client = oauth_apps.client_for(broker, owner.team_id, "spotify")

@@ -12,12 +12,15 @@ from starlette.datastructures import Headers
 from starlette.requests import Request
 
 import apiauth
-from apiauth.domain import connections, sites
+from apiauth.domain import connect_flow, sites
 from apiauth.domain.members import create_member
 from apiauth.domain.proxy import ProxyTarget
+from apiauth.oauth.modes import Injection
 from apiauth.server.proxy import _forwarded_headers
-from conftest import LiveServer
-from consent import consent
+from tests.consent import consent
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.fast
 
 
 @pytest.fixture
@@ -26,7 +29,7 @@ def site_token(live: LiveServer, http: httpx.Client) -> str:
     sites.create_site(live.broker, owner, "my-site")
     token = sites.enable_api_auth(live.broker, owner, "my-site")
     for provider in ("github", "box", "salesforce"):
-        start = connections.start_connection(live.broker, owner, "my-site", provider)
+        start = connect_flow.start_connection(live.broker, owner, "my-site", provider)
         assert consent(http, start.authorize_url).status_code == 200
     return token
 
@@ -47,6 +50,7 @@ def test_a_function_calls_github_through_the_proxy(
     assert answer.json()["login"] == "octocat"
 
 
+@pytest.mark.over_http
 def test_the_client_library_proxies_too(live: LiveServer, site_token: str) -> None:
     with apiauth.proxy("github", token=site_token, url=live.url) as github:
         assert github.get("/user").json()["login"] == "octocat"
@@ -74,6 +78,7 @@ def test_a_401_from_the_provider_refreshes_once_and_retries(
     assert stats["refresh_token_reuse"] == 0
 
 
+@pytest.mark.over_http
 def test_a_large_answer_comes_back_whole(
     live: LiveServer, http: httpx.Client, site_token: str
 ) -> None:
@@ -135,7 +140,13 @@ def test_nothing_of_apiauth_is_forwarded_to_the_provider() -> None:
             ).raw,
         }
     )
-    target = ProxyTarget("con_1", "https://api.github.com", "gho_provider", True)
+    target = ProxyTarget(
+        "con_1",
+        "https://api.github.com",
+        Injection((("Authorization", "Bearer gho_provider"),)),
+        True,
+        headers=(("Authorization", "Bearer gho_provider"),),
+    )
     forwarded = dict(_forwarded_headers(request, target))
     assert forwarded == {
         "accept": "application/vnd.github+json",

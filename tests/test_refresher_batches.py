@@ -3,41 +3,44 @@ outcomes stored together. The rules of a single refresh hold for each member of 
 token stored meanwhile by someone else is never overwritten, a refused refresh token that
 someone else already used does not mark the connection for re-authorization, a team's OAuth
 app changed between two refreshes is the one used, and a lease that waited too long is
-given back untried. The batch is driven step by step against a live server (its own
-refresher off) and its emulator; SQLite and PostgreSQL."""
+given back untried. The batch is driven step by step against the in-process app (the fast
+tier: no refresher of its own) and its emulator; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select, update
 
 from apiauth.domain import oauth_apps, refresh
-from apiauth.emulator import demo_client
+from apiauth.providers import demo_client
 from apiauth.store.db import transaction
 from apiauth.store.models import AuditEvent, Connection
-from conftest import LiveServer, running_server
-from live_site import Site as LiveSite
+from tests.in_process import InProcessServer
+from tests.live_site import Site as LiveSite
+
+pytestmark = pytest.mark.fast
 
 
 @pytest.fixture
-def server(tmp_path: Path, database_url: str) -> Iterator[LiveServer]:
-    """A live server and emulator whose own refresher does not run: the test is the
-    refresher."""
-    with running_server(tmp_path, database_url, refresher=False) as live:
-        yield live
+def server(app: InProcessServer) -> InProcessServer:
+    """The app in-process: no refresher runs but the test's rounds."""
+    return app
 
 
 class Site(LiveSite):
     """A live site, and the refresher's steps run by hand."""
 
     def make_due(self) -> None:
+        """Due now, past the minimum interval since the last refresh too."""
         with transaction(self.broker.sessions) as db:
-            db.execute(update(Connection).values(refresh_due_at=self.broker.clock()))
+            db.execute(
+                update(Connection).values(
+                    refresh_due_at=self.broker.clock(), refresh_not_before=None
+                )
+            )
 
     def refreshes(self, provider: str) -> int:
         return self.stats(provider)["refreshes"]
@@ -57,7 +60,7 @@ class Site(LiveSite):
 
 
 @pytest.fixture
-def site(server: LiveServer, http: httpx.Client) -> Site:
+def site(server: InProcessServer, http: httpx.Client) -> Site:
     return Site(server, http)
 
 
@@ -212,7 +215,7 @@ def test_a_failed_refresh_keeps_the_token_and_backs_off(site: Site) -> None:
     assert row.claimed_by is None
     assert row.refresh_due_at is not None
     assert row.refresh_due_at >= site.broker.clock() + timedelta(
-        seconds=refresh.BACKOFF_BASE_SECONDS - 1
+        seconds=refresh.BACKOFF.base_seconds - 1
     )
     assert site.events("connection.refresh_failed") == 1
 

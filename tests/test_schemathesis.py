@@ -32,12 +32,15 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from apiauth.domain import sites
 from apiauth.domain.members import create_member, create_personal_token
-from conftest import LiveServer, running_server
-from stored_connections import store_connection
+from tests.servers import LiveServer, running_server
+from tests.stored_connections import store_connection
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "8"))
 SITE = "fuzzed"
 SITE_TOKEN_PATHS = ("/api/v1/secrets", "/api/v1/function-tokens")
+# Adding a provider by URL fetches that URL: generated URLs would send the server to random
+# hosts. Its bad input is tested in test_providers_by_url.py and test_discovery.py instead.
+NOT_FUZZED = frozenset({"POST /api/v1/providers"})
 
 sent: Counter[str] = Counter()
 
@@ -73,7 +76,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     tmp: Path = tmp_path_factory.mktemp("schemathesis")
     with running_server(tmp, f"sqlite:///{tmp / 'apiauth.db'}") as server:
         yield Fuzzed(server)
-        server.broker.audit_buffer  # noqa: B018 - the server ran; nothing to flush
+        server.broker.runtime.audit_buffer  # noqa: B018 - the server ran; nothing to flush
     total = sum(sent.values())
     print(f"\nschemathesis: {total} requests sent: {dict(sorted(sent.items()))}")
 
@@ -111,6 +114,8 @@ def test_every_operation_answers_as_documented(
     failures: dict[str, str] = {}
     for result in fuzzed.schema.get_all_operations():
         operation = result.ok()
+        if operation.label in NOT_FUZZED:
+            continue
         try:
             fuzz(fuzzed, operation, caller, mode)
         except Unsatisfiable:

@@ -3,25 +3,27 @@ harmlessly, and secrets are sealed to their rows."""
 
 from __future__ import annotations
 
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from apiauth.config import Settings
-from apiauth.domain.broker import open_broker
 from apiauth.domain.members import create_member
 from apiauth.domain.sites import create_site
 from apiauth.store.db import create_db_engine, schema_is_current, transaction, upgrade_database
 from apiauth.store.models import Base, Connection, Site, new_id
 from apiauth.vault import DecryptionError, record_aad
+from tests.servers import open_test_broker
 
 
-def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
-    engine = create_db_engine(database_url)
+def test_migrations_build_exactly_the_models_schema(empty_database_url: str) -> None:
+    engine = create_db_engine(empty_database_url)
     assert not schema_is_current(engine)
     upgrade_database(engine)
     assert schema_is_current(engine)
@@ -35,18 +37,18 @@ def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
 
 def test_upgrading_twice_changes_nothing_and_keeps_data(database_url: str, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url)
-    broker = open_broker(settings)
+    broker = open_test_broker(settings)
     member = create_member(broker, "owner@example.com", "correct horse battery")
     create_site(broker, member, "kept")
     broker.close()
-    again = open_broker(settings)
+    again = open_test_broker(settings)
     with again.sessions() as db:
         assert db.scalars(select(Site.name)).all() == ["kept"]
     again.close()
 
 
 def test_times_come_back_in_utc(database_url: str, tmp_path: Path) -> None:
-    broker = open_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
+    broker = open_test_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
     member = create_member(broker, "owner@example.com", "correct horse battery")
     create_site(broker, member, "timed")
     with broker.sessions() as db:
@@ -59,7 +61,7 @@ def test_times_come_back_in_utc(database_url: str, tmp_path: Path) -> None:
 def test_a_token_ciphertext_copied_to_another_row_does_not_open(
     database_url: str, tmp_path: Path
 ) -> None:
-    broker = open_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
+    broker = open_test_broker(Settings(data_dir=tmp_path / "data", database_url=database_url))
     member = create_member(broker, "owner@example.com", "correct horse battery")
     site = create_site(broker, member, "sealed")
     blob = broker.vault.seal_json(
@@ -99,3 +101,33 @@ def test_a_bad_database_url_is_a_clear_error() -> None:
         create_db_engine("not a url")
     with pytest.raises(ConfigurationError, match="unsupported database"):
         create_db_engine("mysql://x@localhost/db")
+
+
+@pytest.mark.fast
+def test_a_new_sqlite_database_and_its_wal_are_readable_by_their_owner_only(
+    tmp_path: Path,
+) -> None:
+    """SECURITY.md class 10: the database holds sealed tokens and token hashes; whatever the
+    umask, the file and SQLite's -wal and -shm files beside it are created 0600 (in a 0700
+    directory when apiauth makes it)."""
+    directory = tmp_path / "data"
+    path = directory / "apiauth.db"
+    previous = os.umask(0o022)  # a typical umask, which would give 0644 files
+    try:
+        engine = create_db_engine(f"sqlite:///{path}")
+        try:
+            with engine.begin() as db:
+                db.execute(text("CREATE TABLE t (x TEXT)"))
+                db.execute(text("INSERT INTO t VALUES ('x')"))
+            # While a connection is open the -wal and -shm files exist.
+            with engine.connect() as db:
+                db.execute(text("SELECT x FROM t")).all()
+                files = [path, path.with_name("apiauth.db-wal"), path.with_name("apiauth.db-shm")]
+                modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files if f.exists()}
+        finally:
+            engine.dispose()
+    finally:
+        os.umask(previous)
+    assert "apiauth.db-wal" in modes, modes
+    assert set(modes.values()) == {0o600}, {name: oct(mode) for name, mode in modes.items()}
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700

@@ -8,9 +8,10 @@ from apiauth.domain.token_format import (
     TokenKind,
     generate_token,
     hash_token,
-    mask_token,
     token_kind,
 )
+
+pytestmark = pytest.mark.fast
 
 
 @pytest.mark.parametrize("kind", list(TokenKind))
@@ -58,10 +59,3 @@ def test_the_hash_is_stable_and_hides_the_token() -> None:
     assert hash_token(token) == hash_token(token)
     assert token[len(TokenKind.PERSONAL.prefix) :] not in hash_token(token)
     assert len(hash_token(token)) == 64
-
-
-def test_a_masked_token_shows_only_its_kind_and_last_characters() -> None:
-    token = generate_token(TokenKind.SITE)
-    masked = mask_token(token)
-    assert masked == f"apiauth_site_…{token[-4:]}"
-    assert mask_token("not a token") == "…"

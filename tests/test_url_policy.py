@@ -15,16 +15,18 @@ from sqlalchemy import select
 
 from apiauth.config import Settings
 from apiauth.domain import deliveries, sites
-from apiauth.domain.broker import Broker, open_broker
+from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView, create_personal_token
 from apiauth.errors import UrlNotAllowed
 from apiauth.providers import CatalogError
 from apiauth.store.models import Delivery
 from apiauth.url_policy import UrlPolicy, check_url, pinned_request
-from conftest import HookReceiver, LiveServer
+from tests.servers import HookReceiver, LiveServer, open_test_broker
 
 STRICT = UrlPolicy()
 DEMO = UrlPolicy(allow_loopback=True)
+
+pytestmark = pytest.mark.fast
 
 
 def resolving_to(*addresses: str) -> Any:
@@ -162,7 +164,7 @@ def test_custom_provider_urls_are_checked_at_start(tmp_path: Path) -> None:
 
     def start(token_url: str, **settings: Any) -> Broker:
         providers.write_text(ACME.format(token_url=token_url))
-        return open_broker(
+        return open_test_broker(
             Settings(data_dir=tmp_path / "data", providers_file=providers, **settings)
         )
 
@@ -172,5 +174,17 @@ def test_custom_provider_urls_are_checked_at_start(tmp_path: Path) -> None:
         start("http://127.0.0.1:9/token")
     start("http://127.0.0.1:9/token", allow_loopback_urls=True).close()
     start("https://auth.acme.example/token").close()  # does not resolve (yet): accepted
-    # Emulated providers (demo mode) go to the emulator, whatever the file says.
-    start("https://169.254.169.254/token", emulator_url="http://127.0.0.1:9/_emulator").close()
+    # In demo mode a custom provider is called where its URLs point (SPEC §4)...
+    with pytest.raises(CatalogError, match=r"field 'token_url'.*link-local"):
+        start("https://169.254.169.254/token", emulator_url="http://127.0.0.1:9/_emulator")
+    # ... unless it asks for the emulator.
+    providers.write_text(
+        ACME.format(token_url="https://169.254.169.254/token") + "emulate = true\n"
+    )
+    open_test_broker(
+        Settings(
+            data_dir=tmp_path / "data",
+            providers_file=providers,
+            emulator_url="http://127.0.0.1:9/_emulator",
+        )
+    ).close()

@@ -24,10 +24,10 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, update
+from tests.processes import ServerProcess, run_cli
+from tests.servers import HookReceiver, free_port
 
 from apiauth.store.models import AuthState
-from conftest import HookReceiver, free_port
-from processes import ServerProcess, run_cli
 
 pytestmark = pytest.mark.browser
 
@@ -294,6 +294,36 @@ def test_changing_scopes_shows_what_the_provider_did_not_grant(world: World) -> 
     github = provider(page, "github")
     assert github.locator("dd.granted").inner_text().split() == ["read:user", "repo"]
     assert github.locator("dd.not-granted").inner_text().split() == ["gist"]
+    page.close()
+
+
+def test_owner_finds_a_provider_by_searching_and_connects_it(world: World) -> None:
+    page = world.page()
+    page.goto(f"/sites/{SITE}/api-auth")
+    search = page.get_by_role("searchbox", name="Find a provider")
+    assert search.is_visible()  # above the list, no scrolling past a hundred providers
+    search.fill("quickb")  # filters as you type, no submit
+    quickbooks = provider(page, "quickbooks")
+    assert quickbooks.is_visible()
+    assert not provider(page, "xero").is_visible()
+    assert not page.locator("section.provider-group[data-group='Social']").is_visible()
+    assert provider(page, "github").is_visible()  # connected ones stay on top
+    world.shot(page, "api-authentication-search")
+    search.fill("no such provider at all")
+    assert page.locator("#available-providers .no-match").is_visible()
+    search.fill("QuickBooks")
+
+    quickbooks.get_by_role("button", name="Connect QuickBooks").click()
+    page.wait_for_url("**/_emulator/quickbooks/**")
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url(f"**/sites/{SITE}/api-auth?connected=quickbooks")
+    quickbooks = provider(page, "quickbooks")
+    assert quickbooks.locator(".badge-ok").inner_text() == "Connected"
+    # Connected now: at the top, with GitHub, above the search.
+    connected = page.locator("ul.connected-providers li.provider").evaluate_all(
+        "rows => rows.map(r => r.id)"
+    )
+    assert "provider-quickbooks" in connected
     page.close()
 
 

@@ -1,0 +1,1 @@
+"""Third-party OAuth servers (npm) that tests run apiauth against: see `harness`."""

@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, delete, insert, select, text
 from sqlalchemy.engine import make_url
 
 from apiauth.config import Settings
@@ -274,15 +274,20 @@ class RefreshDataset:
     expire_until: datetime
 
 
-def refresh_dataset(connections: int, *, expire_after: float, window: float) -> RefreshDataset:
+def refresh_dataset(
+    connections: int, *, expire_after: float, window: float, database: str = "sqlite"
+) -> RefreshDataset:
     """`connections` Spotify and Box connections (one per site), every one due for a refresh
     now, their access tokens expiring between `expire_after` and `expire_after + window`
-    seconds from now."""
-    name = "sqlite-refresh"
+    seconds from now; on SQLite or PostgreSQL."""
+    name = f"{database}-refresh"
     data_dir = BENCH_DIR / name
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir(parents=True)
-    database_url = f"sqlite:///{data_dir / 'apiauth.db'}"
+    if database == "sqlite":
+        database_url = f"sqlite:///{data_dir / 'apiauth.db'}"
+    else:
+        database_url = _recreate_postgres(name)
     started = time.perf_counter()
     now = utcnow()
     rng = random.Random(6)  # noqa: S311 (spreads times, guards nothing)
@@ -309,3 +314,41 @@ def refresh_dataset(connections: int, *, expire_after: float, window: float) -> 
     return RefreshDataset(
         dataset, refresh_tokens, expire_from, expire_from + timedelta(seconds=window)
     )
+
+
+def function_tokens(
+    dataset: Dataset, count: int, *, ttl: timedelta = timedelta(hours=2)
+) -> list[str]:
+    """`count` new function tokens of the dataset's first site (minted from its site token,
+    reading every provider), written in bulk: each benchmark run uses fresh ones, once each."""
+    engine = create_engine(dataset.database_url)
+    now = utcnow()
+    try:
+        with engine.begin() as db:
+            parent = db.execute(
+                select(SiteToken.id, SiteToken.site_id).where(
+                    SiteToken.token_hash == hash_token(dataset.site_token)
+                )
+            ).one()
+            # Tokens of earlier runs that have expired are of no use to anyone.
+            db.execute(
+                delete(SiteToken).where(SiteToken.kind == "function", SiteToken.expires_at < now)
+            )
+            tokens = [generate_token(TokenKind.FUNCTION) for _ in range(count)]
+            rows = [
+                {
+                    "id": new_id("ftok"),
+                    "site_id": parent.site_id,
+                    "kind": "function",
+                    "parent_id": parent.id,
+                    "token_hash": hash_token(token),
+                    "created_at": now,
+                    "expires_at": now + ttl,
+                }
+                for token in tokens
+            ]
+            for chunk in _chunks(rows):
+                db.execute(insert(SiteToken), chunk)
+    finally:
+        engine.dispose()
+    return tokens

@@ -329,13 +329,26 @@ def catalog_table() -> str:
         (
             f"`{p.name}`",
             p.display_name,
+            f"`{p.auth_mode}`",
+            p.category,
             ", ".join(f"`{s}`" for s in p.default_scopes) or "—",
             _lifetime(p),
             _REFRESH.get(p.refresh_token, p.refresh_token),
         )
         for p in sorted(catalog.values(), key=lambda p: p.name)
     ]
-    return _table(["name", "provider", "default scopes", "access token", "refresh token"], rows)
+    return _table(
+        [
+            "name",
+            "provider",
+            "auth mode",
+            "category",
+            "default scopes",
+            "access token",
+            "refresh token",
+        ],
+        rows,
+    )
 
 
 # --------------------------------------------------------------------------- hooks

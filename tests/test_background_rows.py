@@ -28,7 +28,8 @@ from apiauth.store.db import session_factory
 from apiauth.store.models import AuditEvent, Connection, Delivery, new_id, utcnow
 from tests.databases import fresh_postgres_database
 from tests.live_site import Site as LiveSite
-from tests.processes import ServerProcess, run_cli
+from tests.processes import ServerProcess
+from tests.seeding import seed_site
 from tests.servers import (
     HookReceiver,
     LiveServer,
@@ -326,14 +327,8 @@ def test_a_delivery_that_cannot_be_read_or_sent_is_set_aside_and_the_others_are_
 def reads_survive_a_sigterm(server: ServerProcess) -> None:
     """Four secrets reads (each its own connection, so that `--workers` spreads them), then
     SIGTERM at once, a restart, and the four are in the audit log."""
-    env = server.env
-    created = run_cli(
-        ["users", "create", "o@example.com", "--password-stdin"], env, "pw-12345678\n"
-    )
-    assert created.returncode == 0, created.stderr[-500:]
-    pat = run_cli(["tokens", "create"], env).stdout.strip()
-    assert run_cli(["sites", "create", "my-site"], env).returncode == 0
-    site_token = run_cli(["sites", "enable", "my-site"], env).stdout.strip().partition("=")[2]
+    seeded = seed_site(server, "my-site")
+    pat, site_token = seeded.personal_token, seeded.site_token
     tokens = [site_token]
     for _ in range(3):
         minted = httpx.post(

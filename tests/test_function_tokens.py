@@ -28,7 +28,8 @@ from apiauth.store.models import AuditEvent, SiteToken
 from tests.consent import consent
 from tests.databases import fresh_postgres_database
 from tests.in_process import InProcessServer
-from tests.processes import ServerProcess, client_env, connect_with_consent, run_cli
+from tests.processes import ServerProcess, client_env, run_cli
+from tests.seeding import seed_site
 from tests.servers import LiveServer, free_port
 
 
@@ -395,20 +396,7 @@ def served(
     server = ServerProcess(Path(tmp_path_factory.mktemp("run")), database_url, free_port())
     server.start()
     try:
-        env = server.env
-        for args, stdin in (
-            (["users", "create", "owner@example.com", "--password-stdin"], "a long password\n"),
-            (["sites", "create", "my-site"], None),
-        ):
-            done = run_cli(args, env, stdin, cwd=server.workdir)
-            assert done.returncode == 0, done.stderr
-        enabled = run_cli(["sites", "enable", "my-site"], env, cwd=server.workdir)
-        assert enabled.returncode == 0, enabled.stderr
-        site_token = enabled.stdout.strip().removeprefix("APIAUTH_TOKEN=")
-        with httpx.Client(timeout=15) as http:
-            for provider in ("github", "spotify"):
-                outcome = connect_with_consent(http, env, "my-site", provider)
-                assert outcome.returncode == 0, outcome.stderr
+        site_token = seed_site(server, "my-site", ("github", "spotify")).site_token
         yield Served(server, site_token)
     finally:
         server.stop()

@@ -23,6 +23,7 @@ from joserfc.jwk import RSAKey
 
 from tests.consent import consent, provider_url_of
 from tests.processes import ServerProcess, run_cli, run_function
+from tests.seeding import seed_site
 from tests.servers import free_port
 
 pytestmark = pytest.mark.e2e
@@ -67,13 +68,8 @@ def test_a_github_app_from_installation_to_disconnect(
     server: ServerProcess, tmp_path: Path
 ) -> None:
     env = server.env
-    created = run_cli(["users", "create", OWNER, "--password-stdin"], env, PASSWORD + "\n")
-    assert created.returncode == 0, created.stderr[-1000:]
-    pat = run_cli(["tokens", "create"], env).stdout.strip()
-    assert run_cli(["sites", "create", SITE], env).returncode == 0
-    enabled = run_cli(["sites", "enable", SITE], env)
-    assert enabled.returncode == 0, enabled.stderr[-1000:]
-    site_token = enabled.stdout.strip().partition("=")[2]
+    seeded = seed_site(server, SITE, owner=OWNER, password=PASSWORD)
+    pat, site_token = seeded.personal_token, seeded.site_token
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
@@ -178,11 +174,8 @@ def test_one_site_holds_every_kind_of_credential_side_by_side(
     a GitHub App installation and an OAuth connection on one site, read by one
     `get_secrets()` in a function's process, each usable through the proxy."""
     env = server.env
-    created = run_cli(["users", "create", OWNER, "--password-stdin"], env, PASSWORD + "\n")
-    assert created.returncode == 0, created.stderr[-1000:]
-    pat = {"Authorization": f"Bearer {run_cli(['tokens', 'create'], env).stdout.strip()}"}
-    assert run_cli(["sites", "create", SITE], env).returncode == 0
-    site_token = run_cli(["sites", "enable", SITE], env).stdout.strip().partition("=")[2]
+    seeded = seed_site(server, SITE, owner=OWNER, password=PASSWORD)
+    pat, site_token = {"Authorization": f"Bearer {seeded.personal_token}"}, seeded.site_token
     openai_key, twilio_token = f"emu-openai-{'k' * 24}", f"emu-twilio-{'t' * 24}"
     done = run_cli(["connect", SITE, "openai", "--api-key-stdin"], env, openai_key + "\n")
     assert done.returncode == 0, done.stderr[-1000:]

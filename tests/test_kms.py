@@ -31,6 +31,7 @@ from apiauth.vault import KeyConfigError, KeyRing, MasterKey, UnknownKeyError, V
 from tests.kms_server import KEY_ALIAS, MotoKms, aws_env, moto_kms
 from tests.live_site import Site
 from tests.processes import ServerProcess, client_env, connect_with_consent, run_cli
+from tests.seeding import seed_site
 from tests.servers import free_port, running_server
 
 SITE = "my-site"
@@ -81,12 +82,7 @@ def test_tokens_move_to_a_kms_key_online_and_survive_restarts_without_the_key_fi
         server.start()
         try:
             env = server.env
-            assert run_cli(["users", "create", "owner@example.com"], env).returncode == 0
-            assert run_cli(["sites", "create", SITE], env).returncode == 0
-            enabled = run_cli(["sites", "enable", SITE], env)
-            token = enabled.stdout.strip().partition("=")[2]
-            for provider in ("github", "box"):
-                assert connect_with_consent(http, env, SITE, provider).returncode == 0
+            token = seed_site(server, SITE, ("github", "box")).site_token
             before = fingerprint(read(http, server, token))
 
             # Every server gets the KMS settings; it seals with the KMS key from now on (a

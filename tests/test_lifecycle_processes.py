@@ -21,7 +21,8 @@ from sqlalchemy import create_engine, text
 from apiauth.domain.read_caches import SITE_TOKEN_CACHE_SECONDS
 from apiauth.vault import MasterKey
 from tests.databases import fresh_postgres_database
-from tests.processes import ServerProcess, client_env, connect_with_consent, run_cli
+from tests.processes import ServerProcess, client_env, run_cli
+from tests.seeding import seed_site
 from tests.servers import free_port
 
 TTL = 4
@@ -123,21 +124,7 @@ class Deployment:
         self.site_token = self._connect_box()
 
     def _connect_box(self) -> str:
-        assert (
-            run_cli(
-                ["users", "create", "owner@example.com", "--password-stdin"],
-                self.env,
-                input="correct horse battery\n",
-            ).returncode
-            == 0
-        )
-        assert run_cli(["sites", "create", "my-site"], self.env).returncode == 0
-        enabled = run_cli(["sites", "enable", "my-site"], self.env)
-        token = enabled.stdout.strip().split("=", 1)[1]
-        with httpx.Client(timeout=15) as http:
-            outcome = connect_with_consent(http, self.env, "my-site", "box")
-        assert outcome.returncode == 0, outcome.stderr
-        return token
+        return seed_site(self.servers[0], "my-site", ("box",)).site_token
 
     def read(self, server: ServerProcess, http: httpx.Client) -> dict[str, Any]:
         answer = http.get(

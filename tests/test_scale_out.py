@@ -26,6 +26,7 @@ from apiauth.server.rate_limits import RateLimits
 from tests.databases import fresh_postgres_database
 from tests.in_process import in_process_server
 from tests.processes import ServerProcess, run_cli
+from tests.seeding import seed_site
 from tests.servers import LiveServer, free_port, open_test_broker, running_server
 
 # How long the server under test remembers a good token (the setting allows 1 s at most):
@@ -149,16 +150,7 @@ def test_serve_with_two_workers_serves_from_two_processes_that_share_the_databas
     server.ready_timeout = 120  # two processes start on a machine that may be busy
     server.start()
     try:
-        created = run_cli(
-            ["users", "create", "owner@example.com", "--password-stdin"],
-            server.env,
-            input="correct horse battery\n",
-        )
-        assert created.returncode == 0, created.stderr
-        assert run_cli(["sites", "create", "my-site"], server.env).returncode == 0
-        enabled = run_cli(["sites", "enable", "my-site"], server.env)
-        assert enabled.returncode == 0, enabled.stderr
-        token = enabled.stdout.strip().removeprefix("APIAUTH_TOKEN=")
+        token = seed_site(server, "my-site").site_token
         url = server.url + "/api/v1/secrets"
         # Every process answers, and each hears of a rotation made by the CLI.
         with httpx.Client(timeout=15) as http:

@@ -11,12 +11,20 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
 from apiauth.config import Settings
 from apiauth.domain.members import create_member
 from apiauth.domain.sites import create_site
-from apiauth.store.db import create_db_engine, schema_is_current, transaction, upgrade_database
+from apiauth.store.db import (
+    HEAD_REVISION,
+    _alembic_config,
+    create_db_engine,
+    schema_is_current,
+    transaction,
+    upgrade_database,
+)
 from apiauth.store.models import Base, Connection, Site, new_id
 from apiauth.vault import DecryptionError, record_aad
 from tests.servers import open_test_broker
@@ -32,6 +40,26 @@ def test_migrations_build_exactly_the_models_schema(empty_database_url: str) -> 
         tables = set(inspect(connection).get_table_names())
     assert differences == []
     assert {"teams", "members", "sites", "site_tokens", "connections", "auth_states"} <= tables
+    engine.dispose()
+
+
+def test_the_head_revision_that_skips_alembic_is_alembics_head(empty_database_url: str) -> None:
+    """A new migration must move HEAD_REVISION with it, or databases at the old head would
+    never be upgraded (starts skip Alembic when the database is at HEAD_REVISION)."""
+    engine = create_db_engine(empty_database_url)
+    assert ScriptDirectory.from_config(_alembic_config(engine)).get_heads() == [HEAD_REVISION]
+    engine.dispose()
+
+
+def test_a_database_one_migration_behind_is_upgraded_at_start(empty_database_url: str) -> None:
+    from alembic import command
+
+    engine = create_db_engine(empty_database_url)
+    command.upgrade(_alembic_config(engine), "head")
+    command.downgrade(_alembic_config(engine), "-1")
+    assert not schema_is_current(engine)
+    upgrade_database(engine)
+    assert schema_is_current(engine)
     engine.dispose()
 
 

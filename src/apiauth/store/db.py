@@ -8,16 +8,22 @@ from contextlib import contextmanager, suppress
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from apiauth.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# The newest migration. Every command and server start brings the schema to it; a database
+# already there is told by one query, without loading Alembic and its migration scripts (a
+# third of a CLI command's start). tests/test_storage.py holds this to Alembic's own head.
+HEAD_REVISION = "0012"
 
 
 def create_db_engine(url: str, *, connect_timeout: int | None = None) -> Engine:
@@ -90,6 +96,8 @@ def database_unavailable(exc: BaseException) -> bool:
 
 
 def _alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option(
         "script_location", str(resources.files("apiauth.store").joinpath("migrations"))
@@ -100,7 +108,19 @@ def _alembic_config(engine: Engine) -> Config:
 
 def upgrade_database(engine: Engine) -> None:
     """Bring the schema to the newest migration; safe to run at every start."""
+    if _stored_revisions(engine) == (HEAD_REVISION,):
+        return
+    from alembic import command
+
     command.upgrade(_alembic_config(engine), "head")
+
+
+def _stored_revisions(engine: Engine) -> tuple[str, ...]:
+    """The revisions the database says it is at (none before its first migration)."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table("alembic_version"):
+            return ()
+        return tuple(connection.execute(text("SELECT version_num FROM alembic_version")).scalars())
 
 
 def schema_revisions(engine: Engine) -> tuple[frozenset[str], frozenset[str]]:

@@ -40,6 +40,7 @@ from apiauth.server.proxy import router as proxy_router
 from apiauth.server.rate_limits import RateLimits
 from apiauth.server.read_path import ReadPath
 from apiauth.server.request_context import REQUEST_ID_HEADER, RequestContext, request_id_of
+from apiauth.server.routes import add_routes
 from apiauth.server.schemas import ErrorResponse, Health
 from apiauth.server.security_headers import SecurityHeaders, style_hash
 from apiauth.server.visitor_api import router as visitor_router
@@ -311,10 +312,8 @@ def create_app(
             }
         )
 
-    app.include_router(router)
-    app.include_router(visitor_router)
-    app.include_router(proxy_router)
-    app.include_router(metrics_router)
+    for routes in (router, visitor_router, proxy_router, metrics_router):
+        add_routes(app, routes)
     install_dashboard(app)
     app.add_middleware(
         SecurityHeaders,

@@ -17,17 +17,15 @@ from apiauth.server.dashboard import (
     visitor_pages,
 )
 from apiauth.server.dashboard.throttle import LoginThrottle
+from apiauth.server.routes import add_routes
 
 __all__ = ["install_dashboard"]
 
 
 def install_dashboard(app: FastAPI) -> None:
     app.state.login_throttle = LoginThrottle()
-    app.include_router(account_pages.router)
-    app.include_router(site_pages.router)
-    app.include_router(team_pages.router)
-    app.include_router(connect_pages.router)
-    app.include_router(visitor_pages.router)
+    for pages in (account_pages, site_pages, team_pages, connect_pages, visitor_pages):
+        add_routes(app, pages.router)
     app.mount(
         "/static",
         StaticFiles(packages=[("apiauth.server.dashboard", "static")]),

@@ -10,39 +10,25 @@ from datetime import datetime
 import httpx
 
 from apiauth.oauth import protocol
-from apiauth.oauth.modes._interface import Schedule
-from apiauth.oauth.modes._oauth2 import BearerTokenMode
+from apiauth.oauth.modes._oauth2 import MintedTokenMode
 from apiauth.oauth.protocol import ClientCredentials
 from apiauth.oauth.token_set import TokenSet
 from apiauth.providers import AuthMode, Provider
 
 
-class ClientCredentialsMode(BearerTokenMode):
+class ClientCredentialsMode(MintedTokenMode):
     """Also the base of `jwt_bearer`, which differs only in how a token is minted."""
 
     name: AuthMode = "oauth2_client_credentials"
-    renewal_replaces_token = True
-    needs_client = True
 
-    def renewable(self, token: TokenSet) -> bool:
-        return True  # the client can always ask for another
-
-    def next_renewal(self, token: TokenSet, now: datetime, schedule: Schedule) -> datetime | None:
-        """A token that does not expire is never renewed (an expiring one is minted anew
-        before it expires, on the refresh schedule)."""
-        return None
-
-    def renew(
+    def mint_again(
         self,
         http: httpx.Client,
         provider: Provider,
-        client: ClientCredentials | None,
+        client: ClientCredentials,
         token: TokenSet,
-        *,
         now: datetime,
-        check_first: bool,
-    ) -> TokenSet | None:
-        assert client is not None
+    ) -> TokenSet:
         return self.mint(http, provider, client, token.granted_scopes, now, token.extra)
 
     def mint(

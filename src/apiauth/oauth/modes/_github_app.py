@@ -10,36 +10,24 @@ from datetime import datetime
 import httpx
 
 from apiauth.oauth import github_app
-from apiauth.oauth.modes._interface import Schedule
-from apiauth.oauth.modes._oauth2 import BearerTokenMode
+from apiauth.oauth.modes._oauth2 import MintedTokenMode
 from apiauth.oauth.protocol import ClientCredentials
 from apiauth.oauth.token_set import TokenSet
 from apiauth.providers import AuthMode, Provider
 
 
-class GitHubAppMode(BearerTokenMode):
+class GitHubAppMode(MintedTokenMode):
     name: AuthMode = "github_app"
-    renewal_replaces_token = True
-    needs_client = True
 
-    def renewable(self, token: TokenSet) -> bool:
-        return True  # the App can always mint another for its installation
-
-    def next_renewal(self, token: TokenSet, now: datetime, schedule: Schedule) -> datetime | None:
-        """Installation tokens always expire: they follow the refresh schedule."""
-        return None
-
-    def renew(
+    def mint_again(
         self,
         http: httpx.Client,
         provider: Provider,
-        client: ClientCredentials | None,
+        client: ClientCredentials,
         token: TokenSet,
-        *,
         now: datetime,
-        check_first: bool,
-    ) -> TokenSet | None:
-        assert client is not None
+    ) -> TokenSet:
+        """Installation tokens always expire (an hour): another for the same installation."""
         return github_app.mint_installation_token(http, provider, client, token, now=now)
 
     def verify(

@@ -85,3 +85,43 @@ class AuthorizationCodeMode(BearerTokenMode):
             else:
                 return None
         return protocol.refresh_token_set(http, provider, client, token, now=now)
+
+
+class MintedTokenMode(BearerTokenMode):
+    """The machine modes (`oauth2_client_credentials`, `jwt_bearer`, `github_app`): the team's
+    own credential mints each access token, and mints another before it expires (on the
+    refresh schedule, like any expiring token). Never a refresh token, nothing to re-check."""
+
+    renewal_replaces_token = True
+    needs_client = True
+
+    def renewable(self, token: TokenSet) -> bool:
+        return True  # the team's credential can always mint another
+
+    def next_renewal(self, token: TokenSet, now: datetime, schedule: Schedule) -> datetime | None:
+        """A token that does not expire is never renewed."""
+        return None
+
+    def renew(
+        self,
+        http: httpx.Client,
+        provider: Provider,
+        client: ClientCredentials | None,
+        token: TokenSet,
+        *,
+        now: datetime,
+        check_first: bool,
+    ) -> TokenSet | None:
+        assert client is not None
+        return self.mint_again(http, provider, client, token, now)
+
+    def mint_again(
+        self,
+        http: httpx.Client,
+        provider: Provider,
+        client: ClientCredentials,
+        token: TokenSet,
+        now: datetime,
+    ) -> TokenSet:
+        """A new token for what `token` was minted for."""
+        raise NotImplementedError

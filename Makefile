@@ -33,9 +33,15 @@ $(DEV_STAMP): $(SERVE_STAMP) pyproject.toml
 
 install: $(DEV_STAMP)
 
-# Bytecode for the project's own modules, written ahead: where PYTHONDONTWRITEBYTECODE is set
-# (as on this kind of machine) every `apiauth` process would compile them again, about a
-# second of each server start and CLI command. Up to date, this takes a tenth of a second.
+# Where PYTHONDONTWRITEBYTECODE is set (as on this kind of machine), Python keeps no bytecode:
+# every `apiauth` process compiles the project again (about a second of each server start and
+# CLI command), and pytest rewrites the assertions of every test module and of its plugins'
+# whole packages (hypothesis, schemathesis, anyio) in each worker of each run - a fifth of
+# `make test-fast`. The commands run here keep their bytecode, in __pycache__ as usual.
+unexport PYTHONDONTWRITEBYTECODE
+
+# Bytecode for the project's own modules, written ahead, so that the suite's parallel
+# processes do not each compile them first. Up to date, this takes a tenth of a second.
 bytecode: $(DEV_STAMP)
 	@$(BIN)/python -m compileall -q src tests
 

@@ -14,14 +14,14 @@ import pytest
 
 from apiauth.domain.broker import Broker
 from apiauth.domain.members import MemberView, create_member
-from tests.databases import drop_postgres_template, fresh_postgres_database, fresh_sqlite_database
+from tests.databases import drop_templates, fresh_postgres_database, fresh_sqlite_database
 from tests.in_process import SSL_CONTEXT, Clock, InProcessServer, in_process_server
 from tests.redaction import redact_report
 from tests.servers import HookReceiver, LiveServer, running_server
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    drop_postgres_template()
+    drop_templates()
 
 
 @pytest.fixture(autouse=True)

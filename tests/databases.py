@@ -223,9 +223,12 @@ def _postgres_template(admin: Engine) -> str:
     return _templates.postgres
 
 
-def drop_postgres_template() -> None:
-    """At the end of the test process: the template and the databases kept for reuse go
-    too."""
+def drop_templates() -> None:
+    """At the end of the test process: the templates, and the PostgreSQL databases kept for
+    reuse, go too."""
+    if _templates.sqlite is not None:
+        shutil.rmtree(_templates.sqlite.parent, ignore_errors=True)
+        _templates.sqlite = None
     names = sorted(_templates.made) + ([_templates.postgres] if _templates.postgres else [])
     if not names or _postgres_reachable() is not None:
         return

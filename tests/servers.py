@@ -187,7 +187,8 @@ class HookReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll: `shutdown()` waits for the next one (0.5 s by default, per test).
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def wait_for_requests(self, count: int, timeout: float) -> bool:
         """Whether `count` requests (answered 2xx or not) arrive within `timeout` seconds."""

@@ -49,7 +49,8 @@ class CraftedServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # A short poll: `shutdown()` waits for the next one (0.5 s by default, per test).
+        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
 
     def json(self, path: str, document: Any, status: int = 200) -> None:
         body = json.dumps(document).encode()

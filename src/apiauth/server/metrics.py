@@ -119,8 +119,12 @@ class MetricsPort:
                 f"({exc.strerror}): choose another APIAUTH_METRICS_PORT (each process on a "
                 "machine needs its own)"
             ) from None
+        # A short poll: `stop` (at shutdown) waits for the next one, 0.5 s by default.
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="apiauth-metrics", daemon=True
+            target=self._server.serve_forever,
+            args=(0.05,),
+            name="apiauth-metrics",
+            daemon=True,
         )
 
     @property

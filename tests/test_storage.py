@@ -13,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import OperationalError
 
 from apiauth.config import Settings
 from apiauth.domain.members import create_member
@@ -159,3 +160,29 @@ def test_a_new_sqlite_database_and_its_wal_are_readable_by_their_owner_only(
     assert "apiauth.db-wal" in modes, modes
     assert set(modes.values()) == {0o600}, {name: oct(mode) for name, mode in modes.items()}
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+@pytest.mark.fast
+def test_an_sqlite_uri_opens_its_own_file_and_makes_nothing_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sqlite:///file:/path?uri=true` names the file `/path`: a read-write URI makes it
+    private, as a plain path; a read-only one (`mode=ro`) creates nothing. Neither leaves a
+    directory called `file:` where the command ran (as the text after `sqlite:///` was once
+    taken for a path)."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "data" / "apiauth.db"
+    engine = create_db_engine(f"sqlite:///file:{path}?uri=true")
+    try:
+        with engine.begin() as db:
+            db.execute(text("CREATE TABLE t (x TEXT)"))
+    finally:
+        engine.dispose()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    missing = tmp_path / "elsewhere" / "apiauth.db"
+    read_only = create_db_engine(f"sqlite:///file:{missing}?mode=ro&uri=true")
+    with pytest.raises(OperationalError):
+        read_only.connect()
+    read_only.dispose()
+    assert not missing.parent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -9,9 +9,10 @@ from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,8 +35,9 @@ def create_db_engine(url: str, *, connect_timeout: int | None = None) -> Engine:
     except ArgumentError as exc:
         raise ConfigurationError(f"APIAUTH_DATABASE_URL is not a database URL: {exc}") from exc
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            _create_private_file(Path(parsed.database))
+        file = _sqlite_file(parsed)
+        if file is not None:
+            _create_private_file(file)
         engine = create_engine(
             parsed,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -63,6 +65,19 @@ def create_db_engine(url: str, *, connect_timeout: int | None = None) -> Engine:
     raise ConfigurationError(
         f"unsupported database {parsed.get_backend_name()!r}: use sqlite:/// or postgresql+psycopg://"
     )
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL opens and may create: none for an in-memory database or a
+    read-only one. With `?uri=true` the database is an SQLite URI (`file:/path?mode=ro`),
+    whose path is not the text after `sqlite:///` (that was made as a directory `file:`)."""
+    database = url.database or ""
+    if str(url.query.get("uri", "")).lower() not in ("true", "1", "yes", "on"):
+        return None if database in ("", ":memory:") else Path(database)
+    if url.query.get("mode") in ("ro", "memory") or not database.startswith("file:"):
+        return None
+    path = unquote(urlsplit(database).path)
+    return Path(path) if path and path != ":memory:" else None
 
 
 def _create_private_file(path: Path) -> None:

@@ -17,21 +17,33 @@ NPM := $(shell command -v npm 2>/dev/null)
 PEERS := tests/peers
 PEERS_STAMP := $(PEERS)/node_modules/.installed
 
-.PHONY: bytecode serve test test-fast lint lint-js test-js js peers install clean bench
+.PHONY: upgrade-constraints bytecode serve test test-fast lint lint-js test-js js peers install clean bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(SERVE_STAMP): pyproject.toml | $(VENV)/bin/python
-	$(BIN)/pip install --quiet -e '.[server]'
+# constraints.txt: the versions the suite last passed with (pyproject.toml has the ranges).
+$(SERVE_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[server]'
 	touch $(SERVE_STAMP)
 
-$(DEV_STAMP): $(SERVE_STAMP) pyproject.toml
-	$(BIN)/pip install --quiet -e '.[server,kms,dev,examples]'
+$(DEV_STAMP): $(SERVE_STAMP) pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[server,kms,dev,examples]'
 	touch $(DEV_STAMP)
 
 install: $(DEV_STAMP)
+
+# The newest versions pyproject.toml's ranges allow, into constraints.txt (then run make test).
+upgrade-constraints:
+	rm -rf .venv-upgrade
+	$(PYTHON) -m venv .venv-upgrade
+	.venv-upgrade/bin/pip install --quiet --upgrade pip
+	.venv-upgrade/bin/pip install --quiet -e '.[server,kms,dev,examples]'
+	head -n 3 constraints.txt > constraints.new
+	.venv-upgrade/bin/pip freeze --exclude-editable >> constraints.new
+	mv constraints.new constraints.txt
+	rm -rf .venv-upgrade
 
 # Where PYTHONDONTWRITEBYTECODE is set (as on this kind of machine), Python keeps no bytecode:
 # every `apiauth` process compiles the project again (about a second of each server start and

@@ -233,7 +233,7 @@ def test_the_delivery_worker_does_not_spin_when_it_cannot_write_the_audit_buffer
             worker.start()
             time.sleep(2.0)
             broker.runtime.audit_buffer.wakeup = None
-            worker._stopping.set()
+            worker.stopping.set()
             worker._wake.set()
             assert worker._thread is not None
             worker._thread.join(5)

@@ -16,13 +16,13 @@ SQLite serves one process, which forgets at once on its own: no notices are sent
 from __future__ import annotations
 
 import logging
-import threading
 from enum import Enum
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from apiauth.domain.background import BackgroundThread
 from apiauth.domain.backoff import Backoff, Failures
 from apiauth.domain.broker import Broker
 
@@ -77,32 +77,26 @@ def announce(broker: Broker, what: Forget) -> None:
         log.warning("could not announce a revocation to other processes (%s)", type(exc).__name__)
 
 
-class CacheNoticeListener:
+class CacheNoticeListener(BackgroundThread):
     """The background thread that listens for notices (a `workers.Worker`); does nothing
     on SQLite."""
 
+    thread_name = "apiauth-cache-notices"
+
     def __init__(self, broker: Broker) -> None:
+        super().__init__()
         self.broker = broker
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failures = Failures(Backoff(RECONNECT_SECONDS, MAX_RECONNECT_SECONDS))
         # Set once listening: a notice sent before is not heard.
         self.listening = broker.runtime.hears_revocations
 
     def start(self) -> None:
-        if not _notices_sent(self.broker):
-            return
-        self._thread = threading.Thread(target=self._run, name="apiauth-cache-notices", daemon=True)
-        self._thread.start()
+        if _notices_sent(self.broker):
+            super().start()
 
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         reconnecting = False
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             try:
                 self._listen(reconnecting)
             except Exception as exc:
@@ -111,7 +105,7 @@ class CacheNoticeListener:
                 )
             self.listening.clear()
             reconnecting = True
-            self._stopping.wait(self._failures.failed())
+            self.stopping.wait(self._failures.failed())
 
     def _listen(self, reconnecting: bool) -> None:
         pooled = self.broker.engine.raw_connection()
@@ -128,7 +122,7 @@ class CacheNoticeListener:
             self.listening.set()
             self._failures.succeeded()
             own = self.broker.runtime.worker_id
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 for notice in connection.notifies(timeout=_POLL_SECONDS):
                     kind, _, sender = str(notice.payload).partition(" ")
                     if sender == own:

@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from apiauth.domain import deliveries
+from apiauth.domain.background import BackgroundThread
 from apiauth.domain.backoff import Backoff, Failures
 from apiauth.domain.broker import Broker
 from apiauth.domain.deliveries import DueDelivery
@@ -30,13 +31,15 @@ CONCURRENCY = 4
 STOP_WAIT_SECONDS = 2.0
 
 
-class DeliveryWorker:
+class DeliveryWorker(BackgroundThread):
+    thread_name = "apiauth-deliveries"
+    stop_wait_seconds = STOP_WAIT_SECONDS + 5
+
     def __init__(self, broker: Broker, *, concurrency: int = CONCURRENCY) -> None:
+        super().__init__()
         self.broker = broker
         self.concurrency = concurrency
         self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="apiauth-delivery")
         self._in_flight = 0
         self._in_flight_changed = threading.Condition()
@@ -45,26 +48,25 @@ class DeliveryWorker:
     def start(self) -> None:
         self.broker.runtime.delivery_wakeups.subscribe(self._wake.set)
         self.broker.runtime.audit_buffer.wakeup = self._wake.set
-        self._thread = threading.Thread(target=self._run, name="apiauth-deliveries", daemon=True)
-        self._thread.start()
+        super().start()
 
     def stop(self) -> None:
         """Stop claiming, give deliveries in flight a moment, and write the audit buffer.
         A delivery still in flight afterwards keeps its lease and is retried when it ends."""
-        self._stopping.set()
-        self._wake.set()
         self.broker.runtime.delivery_wakeups.unsubscribe(self._wake.set)
         if self.broker.runtime.audit_buffer.wakeup == self._wake.set:
             self.broker.runtime.audit_buffer.wakeup = None
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_WAIT_SECONDS + 5)
+        super().stop()
         with self._in_flight_changed:
             self._in_flight_changed.wait_for(lambda: self._in_flight == 0, STOP_WAIT_SECONDS)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._flush_audit()
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
             self._wake.clear()
             try:
                 timeout = self._step()

@@ -20,14 +20,13 @@ and no batch holds the SQLite writer for long. The audit log is kept: it is the 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, select
 
+from apiauth.domain.background import BackgroundThread
 from apiauth.domain.backoff import Backoff, Failures
 from apiauth.domain.broker import Broker
 from apiauth.domain.deliveries import MAX_ATTEMPTS
@@ -105,32 +104,22 @@ def prune(broker: Broker, *, stopping: Callable[[], bool] = lambda: False) -> Ma
     return pruned
 
 
-@dataclass
-class Housekeeper:
+class Housekeeper(BackgroundThread):
     """The background thread that runs `prune` every `APIAUTH_HOUSEKEEPING_INTERVAL_SECONDS`
     (a `workers.Worker`); failed rounds are retried ever less often."""
 
-    broker: Broker
+    thread_name = "apiauth-housekeeping"
 
-    def __post_init__(self) -> None:
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+    def __init__(self, broker: Broker) -> None:
+        super().__init__()
+        self.broker = broker
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="apiauth-housekeeping", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         failures = Failures(Backoff(ERROR_PAUSE_SECONDS, MAX_ERROR_PAUSE_SECONDS))
         wait = FIRST_ROUND_SECONDS
-        while not self._stopping.wait(wait):
+        while not self.stopping.wait(wait):
             try:
-                prune(self.broker, stopping=self._stopping.is_set)
+                prune(self.broker, stopping=self.stopping.is_set)
             except Exception as exc:
                 wait = failures.failed()
                 log.warning(

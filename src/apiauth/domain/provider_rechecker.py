@@ -5,9 +5,9 @@ their connections failed to refresh (it looks every `FAILURE_LOOK_SECONDS`)."""
 from __future__ import annotations
 
 import logging
-import threading
 
 from apiauth.domain import provider_rechecks
+from apiauth.domain.background import BackgroundThread
 from apiauth.domain.backoff import Backoff, Failures
 from apiauth.domain.broker import Broker
 
@@ -17,26 +17,19 @@ FAILURE_LOOK_SECONDS = 60.0
 STOP_WAIT_SECONDS = 5.0
 
 
-class ProviderRechecker:
+class ProviderRechecker(BackgroundThread):
+    thread_name = "apiauth-rechecks"
+    stop_wait_seconds = STOP_WAIT_SECONDS
+
     def __init__(self, broker: Broker, *, look_seconds: float = FAILURE_LOOK_SECONDS) -> None:
+        super().__init__()
         self.broker = broker
         self.look_seconds = look_seconds
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="apiauth-rechecks", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=STOP_WAIT_SECONDS)
-
-    def _run(self) -> None:
+    def run(self) -> None:
         # The database away: the usual look, then doubling while it stays away (at most 30 min).
         failures = Failures(Backoff(self.look_seconds, 1800.0))
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             wait = self.look_seconds
             try:
                 provider_rechecks.recheck_due_providers(self.broker)
@@ -49,4 +42,4 @@ class ProviderRechecker:
                 failures.succeeded()
             if soonest is not None:
                 wait = min(wait, max(1.0, (soonest - self.broker.clock()).total_seconds()))
-            self._stopping.wait(wait)
+            self.stopping.wait(wait)

@@ -11,12 +11,12 @@ replicas scheduled or left behind: one small query, not a loop that polls every 
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
 
+from apiauth.domain.background import BackgroundThread
 from apiauth.domain.backoff import Backoff, Failures
 from apiauth.domain.broker import Broker
 from apiauth.domain.refresh import (
@@ -52,11 +52,14 @@ class _InFlight:
     attempts: list[Future[Outcome]]
 
 
-class Refresher:
+class Refresher(BackgroundThread):
+    thread_name = "apiauth-refresher"
+
     def __init__(self, broker: Broker) -> None:
+        super().__init__()
         self.broker = broker
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        # The provider calls in flight end within the HTTP timeout.
+        self.stop_wait_seconds = broker.settings.http_timeout_seconds + 5
 
     def start(self) -> None:
         try:
@@ -65,14 +68,10 @@ class Refresher:
             # A database refusing writes (read-only, failing over) must not keep the server
             # from starting and serving reads; lapsed leases are taken over later anyway.
             log.warning("could not release stale refresh statuses at start: %s", type(exc).__name__)
-        self._thread = threading.Thread(target=self.run, name="apiauth-refresher", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def wake(self) -> None:
         self.broker.runtime.refresh_wakeup.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.broker.settings.http_timeout_seconds + 5)
 
     def run(self) -> None:
         """Two batches at a time: while the pool calls the providers of one, this thread
@@ -83,7 +82,7 @@ class Refresher:
         in_flight: _InFlight | None = None
         failures = Failures(Backoff(ERROR_PAUSE_SECONDS, MAX_ERROR_PAUSE_SECONDS))
         try:
-            while not self._stopping.is_set():
+            while not self.stopping.is_set():
                 try:
                     in_flight = self._step(pool, in_flight)
                 except Exception as exc:
@@ -94,7 +93,7 @@ class Refresher:
                         type(exc).__name__,
                         pause,
                     )
-                    self._stopping.wait(pause)
+                    self.stopping.wait(pause)
                 else:
                     failures.succeeded()
         finally:
@@ -158,7 +157,7 @@ class Refresher:
                     type(exc).__name__,
                     "; trying again" if tries_left else "; their leases will lapse",
                 )
-                self._stopping.wait(STORE_RETRY_SECONDS if tries_left else 0)
+                self.stopping.wait(STORE_RETRY_SECONDS if tries_left else 0)
             except Exception as exc:
                 # Not the database: something in one outcome. Store them one by one, so
                 # that one connection's odd answer does not lose the batch's refreshes.

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from apiauth.client import __version__
+from apiauth.domain.background import BackgroundThread
 from apiauth.domain.broker import Broker
 from apiauth.store.db import database_now, transaction
 from apiauth.store.models import ServerState
@@ -146,9 +146,11 @@ def serving_replicas(broker: Broker) -> int:
     return max(1, len(live))
 
 
-class Heartbeat:
+class Heartbeat(BackgroundThread):
     """The background thread that beats (a `workers.Worker`). `replicas_seen`: called after
     each beat with `serving_replicas` (the per-token rate limit takes its share by it)."""
+
+    thread_name = "apiauth-heartbeat"
 
     def __init__(
         self,
@@ -158,27 +160,20 @@ class Heartbeat:
         refresher: bool,
         replicas_seen: Callable[[int], None] | None = None,
     ) -> None:
+        super().__init__()
         self.broker = broker
         self.role: Role = role
         self.refresher = refresher
         self.replicas_seen = replicas_seen
         self.started_at = broker.clock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="apiauth-heartbeat", daemon=True)
-        self._thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        super().stop()
         with contextlib.suppress(DBAPIError):  # (else the row is forgotten after a day)
             forget(self.broker)
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
+    def run(self) -> None:
+        while not self.stopping.is_set():
             try:
                 beat(
                     self.broker,
@@ -192,4 +187,4 @@ class Heartbeat:
                 log.warning("could not write the heartbeat (%s)", type(exc).__name__)
             except Exception:
                 log.exception("could not write the heartbeat")
-            self._stopping.wait(HEARTBEAT_SECONDS)
+            self.stopping.wait(HEARTBEAT_SECONDS)

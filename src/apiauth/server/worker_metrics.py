@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from apiauth.domain.background import BackgroundThread
 from apiauth.metrics import Metrics
 
 __all__ = ["WorkerMetrics"]
@@ -46,34 +46,28 @@ class _Merged(Collector):
         yield from self._families
 
 
-class WorkerMetrics:
+class WorkerMetrics(BackgroundThread):
     """One worker's part: its snapshot file, written by a thread, and the merged answer."""
 
+    thread_name = "worker-metrics"
+
     def __init__(self, metrics: Metrics, directory: Path, index: int) -> None:
+        super().__init__()
         self.metrics = metrics
         self.directory = directory
         self.index = index
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="worker-metrics", daemon=True)
 
     @property
     def path(self) -> Path:
         return self.directory / f"worker-{self.index}.prom"
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def run(self) -> None:
+        while not self.stopping.is_set():
             try:
                 self.write_snapshot()
             except OSError as exc:
                 log.warning("metrics: could not write this worker's snapshot (%s)", exc)
-            self._stop.wait(SNAPSHOT_SECONDS)
+            self.stopping.wait(SNAPSHOT_SECONDS)
 
     def write_snapshot(self) -> None:
         partial = self.path.with_suffix(f".{os.getpid()}.tmp")

@@ -90,6 +90,8 @@ class Session(Base):
     """A dashboard sign-in; the cookie holds the token, the table its hash."""
 
     __tablename__ = "sessions"
+    # Housekeeping finds expired sign-ins (and the rows below theirs) by index, batch by batch.
+    __table_args__ = (Index("ix_sessions_expires_at", "expires_at"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     member_id: Mapped[str] = mapped_column(ForeignKey("members.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
@@ -125,6 +127,7 @@ class SiteToken(Base):
     """Site tokens and the function tokens minted from them; only hashes are kept."""
 
     __tablename__ = "site_tokens"
+    __table_args__ = (Index("ix_site_tokens_kind_expires_at", "kind", "expires_at"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # "site" | "function"
@@ -237,6 +240,7 @@ class ConnectSession(Base):
     """A short-lived, single-use link a site hands one of its visitors to connect providers."""
 
     __tablename__ = "connect_sessions"
+    __table_args__ = (Index("ix_connect_sessions_expires_at", "expires_at"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
@@ -253,6 +257,10 @@ class AuthState(Base):
     """An OAuth flow in progress: `state` is single use and expires."""
 
     __tablename__ = "auth_states"
+    __table_args__ = (
+        Index("ix_auth_states_expires_at", "expires_at"),
+        Index("ix_auth_states_used_at", "used_at"),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     state_hash: Mapped[str] = mapped_column(String(64), unique=True)
     site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)

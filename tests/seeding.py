@@ -17,6 +17,8 @@ import httpx
 
 from apiauth.config import Settings
 from apiauth.domain import connect_flow, members, sites
+from apiauth.domain.broker import Broker
+from apiauth.domain.members import MemberView
 from tests.consent import consent
 from tests.processes import ServerProcess
 from tests.servers import open_test_broker
@@ -54,13 +56,22 @@ def seed_site(
     try:
         member = members.create_member(broker, owner, password)
         personal_token = members.create_personal_token(broker, member, "tests")
-        sites.create_site(broker, member, site)
-        site_token = sites.enable_api_auth(broker, member, site)
         with httpx.Client(timeout=15) as http:
-            for provider in providers:
-                started = connect_flow.start_connection(broker, member, site, provider)
-                answer = consent(http, started.authorize_url)
-                assert answer.status_code == 200, answer.text[-500:]
+            site_token = connected_site(broker, member, site, providers, http)
     finally:
         broker.close()
     return Seeded(site_token, personal_token)
+
+
+def connected_site(
+    broker: Broker, member: MemberView, site: str, providers: Sequence[str], http: httpx.Client
+) -> str:
+    """`site` made by `member`, with API Authentication on (its site token returned) and each
+    of `providers` connected through the demo emulator, consented with `http`."""
+    sites.create_site(broker, member, site)
+    site_token = sites.enable_api_auth(broker, member, site)
+    for provider in providers:
+        started = connect_flow.start_connection(broker, member, site, provider)
+        answer = consent(http, started.authorize_url)
+        assert answer.status_code == 200, answer.text[-500:]
+    return site_token

@@ -41,6 +41,7 @@ from apiauth.store.driver import DriverQuery
 from apiauth.store.models import Connection, utcnow
 from apiauth.vault import DecryptionError
 from tests.consent import consent
+from tests.seeding import connected_site
 from tests.servers import LiveServer, open_test_broker
 
 
@@ -133,15 +134,6 @@ def test_a_cache_of_zero_seconds_keeps_nothing() -> None:
     assert cache.get("hash", utcnow()) is None
 
 
-def _connected_site(broker: Broker, owner: MemberView, http: httpx.Client) -> str:
-    sites.create_site(broker, owner, "my-site")
-    token = sites.enable_api_auth(broker, owner, "my-site")
-    for provider in ("github", "spotify"):
-        started = connect_flow.start_connection(broker, owner, "my-site", provider)
-        assert consent(http, started.authorize_url).status_code == 200
-    return token
-
-
 class _Queries:
     """Counts the statements the read path sends: about tokens, and a site's connections
     (not the refresher's, which looks for due ones meanwhile), through the engine or
@@ -188,7 +180,7 @@ def _twice_within_the_memory(read: Any) -> Any:
 def test_a_remembered_answer_is_the_routes_answer_and_asks_the_database_nothing(
     live: LiveServer, broker: Broker, owner: MemberView, http: httpx.Client
 ) -> None:
-    token = _connected_site(broker, owner, http)
+    token = connected_site(broker, owner, "my-site", ("github", "spotify"), http)
     url = live.url + "/api/v1/secrets"
 
     def read() -> tuple[httpx.Response, httpx.Response, _Queries]:
@@ -217,7 +209,7 @@ def test_a_remembered_answer_is_the_routes_answer_and_asks_the_database_nothing(
 def test_a_function_tokens_first_read_is_one_query_and_the_routes_answer(
     live: LiveServer, broker: Broker, owner: MemberView, http: httpx.Client
 ) -> None:
-    site_token = _connected_site(broker, owner, http)
+    site_token = connected_site(broker, owner, "my-site", ("github", "spotify"), http)
     url = live.url + "/api/v1/secrets"
     mint = live.url + "/api/v1/function-tokens"
     routed = http.get(url + "?the=route", headers=bearer(site_token)).json()
@@ -253,7 +245,7 @@ def test_a_function_tokens_first_read_is_one_query_and_the_routes_answer(
 def test_a_bad_or_revoked_token_is_refused_by_the_first_read_as_by_the_route(
     live: LiveServer, broker: Broker, owner: MemberView, http: httpx.Client
 ) -> None:
-    site_token = _connected_site(broker, owner, http)
+    site_token = connected_site(broker, owner, "my-site", ("github", "spotify"), http)
     url = live.url + "/api/v1/secrets"
     minted = http.post(
         live.url + "/api/v1/function-tokens", json={}, headers=bearer(site_token)
@@ -270,7 +262,7 @@ def test_a_bad_or_revoked_token_is_refused_by_the_first_read_as_by_the_route(
 def test_a_change_made_in_this_process_is_read_at_once(
     live: LiveServer, broker: Broker, owner: MemberView, http: httpx.Client
 ) -> None:
-    token = _connected_site(broker, owner, http)
+    token = connected_site(broker, owner, "my-site", ("github", "spotify"), http)
     url = live.url + "/api/v1/secrets"
     before = http.get(url, headers=bearer(token)).json()
     assert http.get(url, headers=bearer(token)).json() == before  # remembered

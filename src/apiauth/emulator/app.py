@@ -16,6 +16,7 @@ import binascii
 import json
 import re
 import secrets
+import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -120,7 +121,25 @@ class _Route:
     learned: LearnedValue | None = None  # a learn URL's value
 
 
+# The route table of each provider object (the parsed catalog is shared by every app of a
+# process): made once, not per emulator app. Derived from frozen data and never changed, so
+# emulators share nothing by it; the weak reference tells a reused id apart and drops the
+# entry with its provider.
+_route_tables: dict[tuple[int, str], tuple[weakref.ref[Provider], list[_Route]]] = {}
+
+
 def _routes_of(provider: Provider, base_path: str) -> list[_Route]:
+    key = (id(provider), base_path)
+    known = _route_tables.get(key)
+    if known is not None and known[0]() is provider:
+        return known[1]
+    routes = _make_routes(provider, base_path)
+    gone = weakref.ref(provider, lambda _: _route_tables.pop(key, None))
+    _route_tables[key] = (gone, routes)
+    return routes
+
+
+def _make_routes(provider: Provider, base_path: str) -> list[_Route]:
     urls: list[tuple[Endpoint, str | None, LearnedValue | None]] = [
         ("authorize", provider.authorization_url, None),
         ("token", provider.token_url, None),

@@ -28,7 +28,6 @@ import anyio.from_thread
 import httpx
 from anyio.from_thread import BlockingPortal
 from fastapi import FastAPI
-from starlette.routing import Mount
 
 from apiauth.domain.broker import Broker
 from apiauth.domain.delivery_worker import DeliveryWorker
@@ -157,21 +156,6 @@ class _AsyncChecked(httpx.AsyncBaseTransport):
         return await self._inner.handle_async_request(request)
 
 
-def _emulator_keeps(app: FastAPI) -> None:
-    """The mounted emulator's tokens and codes age only when the test moves time
-    (`InProcessServer.advance`, which moves the emulator's clock as `/_admin/clock` does), not
-    with real time: a token the broker was told lives 4 s is refused by the emulated provider
-    exactly when the test has moved 4 s on, however long the test took. (The emulator takes
-    no clock once made: its state's is replaced by a stopped one.)"""
-    [emulator] = [
-        route.app.state.emulator
-        for route in app.routes
-        if isinstance(route, Mount) and route.path == "/_emulator"
-    ]
-    stopped = time.monotonic()
-    emulator.state._clock = lambda: stopped
-
-
 class InProcessServer:
     """What a test sees of the in-process app: `url`, `broker`, `clock`, an HTTP `client`
     (a browser with its cookies, or a function), and `new_client()` for another one."""
@@ -180,8 +164,12 @@ class InProcessServer:
         self.broker = broker
         self.clock = clock
         self.url = broker.settings.public_url.rstrip("/")
-        self.app = create_app(broker, demo=True, workers=False)
-        _emulator_keeps(self.app)
+        # The mounted emulator's codes and tokens age only when the test moves time
+        # (`advance`, which moves the emulator's clock as `/_admin/clock` does), not with real
+        # time: a token the broker was told lives 4 s is refused by the emulated provider
+        # exactly when the test has moved 4 s on, however long the test took.
+        stopped = time.monotonic()
+        self.app = create_app(broker, demo=True, workers=False, emulator_clock=lambda: stopped)
         self._portal = portal
         self._clients: list[httpx.Client] = []
         broker.http.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -64,14 +64,20 @@ def providers_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def serve(providers_file: Path, token_ttl: int | None = None) -> Iterator[Emulator]:
+def serve(
+    providers_file: Path,
+    token_ttl: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Emulator]:
     """Run the emulator mounted at /_emulator, as `serve --demo` does, on a free port."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/_emulator"
     catalog = load_catalog(providers_file, emulator_url=url)
     clients = {name: demo_client(name) for name in catalog}
-    app = create_emulator_app(catalog, base_url=url, clients=clients, token_ttl=token_ttl)
+    app = create_emulator_app(
+        catalog, base_url=url, clients=clients, token_ttl=token_ttl, clock=clock
+    )
     config = uvicorn.Config(Starlette(routes=[Mount("/_emulator", app=app)]), log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -599,6 +605,18 @@ def test_token_ttl_makes_box_tokens_expire(short_lived: Emulator) -> None:
     assert whoami(box, token["access_token"], token).status_code == 401
     refreshed = client.refresh_token(box.token_url, refresh_token=token["refresh_token"])
     assert whoami(box, refreshed["access_token"], token).status_code == 200
+
+
+def test_tokens_age_by_the_clock_the_emulator_is_given(providers_file: Path) -> None:
+    """`create_emulator_app(clock=...)`: the token expires when that clock says so, not
+    when real time does (the in-process tier's emulator stands still until a test moves it)."""
+    now = [1000.0]
+    for emulator in serve(providers_file, token_ttl=1, clock=lambda: now[0]):
+        box = emulator["box"]
+        _, token = connect(box)
+        assert whoami(box, token["access_token"], token).status_code == 200
+        now[0] += 1.5
+        assert whoami(box, token["access_token"], token).status_code == 401
 
 
 def test_token_ttl_leaves_tokens_that_never_expire_alone(short_lived: Emulator) -> None:

@@ -16,8 +16,9 @@ import binascii
 import json
 import re
 import secrets
+import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -67,14 +68,16 @@ def create_emulator_app(
     base_url: str,
     clients: Mapping[str, tuple[str, str]],
     token_ttl: int | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Starlette:
     """An ASGI app emulating every provider of `catalog`.
 
     `base_url` is where the app is reachable (Salesforce's `instance_url` points under it);
     `clients` maps provider names to the (client_id, client_secret) each accepts; `token_ttl`
-    shortens the lifetime of access tokens that expire anyway.
+    shortens the lifetime of access tokens that expire anyway; codes and tokens age by
+    `clock` (seconds; moved on further by `POST /_admin/clock`).
     """
-    emulator = _Emulator(catalog, base_url.rstrip("/"), dict(clients), token_ttl)
+    emulator = _Emulator(catalog, base_url.rstrip("/"), dict(clients), token_ttl, clock)
     standard = StandardServers(base_url)
     app = Starlette(
         routes=[
@@ -207,12 +210,13 @@ class _Emulator:
         base_url: str,
         clients: dict[str, tuple[str, str]],
         token_ttl: int | None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.catalog = catalog
         self.base_url = base_url
         self.clients = clients
         self.token_ttl = token_ttl
-        self.state = EmulatorState(catalog.names())
+        self.state = EmulatorState(catalog.names(), clock)
         self.keys = KeyRing()
         self.public_keys = PublicKeys()
         self.github_apps = GitHubApps(self.state, self._lifetime)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -89,10 +90,16 @@ async def _bind_log_fields(request: Request) -> None:
 
 
 def create_app(
-    broker: Broker, *, demo: bool = False, workers: bool = True, refresher: bool = True
+    broker: Broker,
+    *,
+    demo: bool = False,
+    workers: bool = True,
+    refresher: bool = True,
+    emulator_clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The application; with `workers`, the background workers (the refresher unless told
-    not to, and the delivery of hooks) run while it does."""
+    not to, and the delivery of hooks) run while it does. `demo`: the provider emulator is
+    mounted at `/_emulator`, its codes and tokens ageing by `emulator_clock` (seconds)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -333,6 +340,7 @@ def create_app(
                 for name, app_ in broker.default_apps.items()
             },
             token_ttl=broker.settings.emulator_token_ttl,
+            clock=emulator_clock,
         )
         app.mount("/_emulator", emulator)
         # RFC 8414 / RFC 9728 put the emulated servers' metadata under the origin's root.

@@ -130,6 +130,8 @@ def test_a_bad_database_url_is_a_clear_error() -> None:
         create_db_engine("not a url")
     with pytest.raises(ConfigurationError, match="unsupported database"):
         create_db_engine("mysql://x@localhost/db")
+    with pytest.raises(ConfigurationError, match="uri= must be true or false"):
+        create_db_engine("sqlite:///file:/nowhere/apiauth.db?uri=maybe")
 
 
 @pytest.mark.fast

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.util import asbool
 
 from apiauth.errors import ConfigurationError
 
@@ -72,7 +73,13 @@ def _sqlite_file(url: URL) -> Path | None:
     read-only one. With `?uri=true` the database is an SQLite URI (`file:/path?mode=ro`),
     whose path is not the text after `sqlite:///` (that was made as a directory `file:`)."""
     database = url.database or ""
-    if str(url.query.get("uri", "")).lower() not in ("true", "1", "yes", "on"):
+    try:
+        uri = asbool(url.query.get("uri", False))  # as the pysqlite dialect reads it
+    except ValueError:
+        raise ConfigurationError(
+            "APIAUTH_DATABASE_URL: uri= must be true or false (an SQLite URI or not)"
+        ) from None
+    if not uri:
         return None if database in ("", ":memory:") else Path(database)
     if url.query.get("mode") in ("ro", "memory") or not database.startswith("file:"):
         return None

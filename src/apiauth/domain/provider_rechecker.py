@@ -14,12 +14,10 @@ from apiauth.domain.broker import Broker
 log = logging.getLogger(__name__)
 
 FAILURE_LOOK_SECONDS = 60.0
-STOP_WAIT_SECONDS = 5.0
 
 
 class ProviderRechecker(BackgroundThread):
     thread_name = "apiauth-rechecks"
-    stop_wait_seconds = STOP_WAIT_SECONDS
 
     def __init__(self, broker: Broker, *, look_seconds: float = FAILURE_LOOK_SECONDS) -> None:
         super().__init__()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +154,12 @@ class ReceivedHook:
     status: int  # what the receiver answered
 
 
+def serve_in_background(server: HTTPServer) -> None:
+    """`server.serve_forever()` on a daemon thread, polling every 20 ms: `shutdown()` waits
+    for the next poll (0.5 s by default, paid by every test that stops one)."""
+    threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+
+
 class HookReceiver:
     """A site's deploy hook or webhook endpoint: `posts` holds every JSON body it accepted,
     `received` every request (headers, raw body, answer). `fail_first = N` answers the first
@@ -187,8 +193,7 @@ class HookReceiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        # A short poll: `shutdown()` waits for the next one (0.5 s by default, per test).
-        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+        serve_in_background(self.server)
 
     def wait_for_requests(self, count: int, timeout: float) -> bool:
         """Whether `count` requests (answered 2xx or not) arrive within `timeout` seconds."""

@@ -5,7 +5,6 @@ at input and before each call, with refusals that name the setting that would al
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -18,6 +17,7 @@ from apiauth.oauth import discovery
 from apiauth.oauth.discovery import parse_challenges, weakening
 from apiauth.url_policy import GuardedTransport, UrlPolicy, check_url
 from tests.peers.harness import start_oidc_provider
+from tests.servers import serve_in_background
 
 LOCAL = UrlPolicy(allow_loopback=True, providers=True)
 
@@ -49,8 +49,7 @@ class CraftedServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        # A short poll: `shutdown()` waits for the next one (0.5 s by default, per test).
-        threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True).start()
+        serve_in_background(self.server)
 
     def json(self, path: str, document: Any, status: int = 200) -> None:
         body = json.dumps(document).encode()

@@ -40,7 +40,7 @@ upgrade-constraints:
 	$(PYTHON) -m venv .venv-upgrade
 	.venv-upgrade/bin/pip install --quiet --upgrade pip
 	.venv-upgrade/bin/pip install --quiet -e '.[server,kms,dev,examples]'
-	head -n 3 constraints.txt > constraints.new
+	grep '^#' constraints.txt > constraints.new
 	.venv-upgrade/bin/pip freeze --exclude-editable >> constraints.new
 	mv constraints.new constraints.txt
 	rm -rf .venv-upgrade
